@@ -1,0 +1,1 @@
+"""fluxhook: push, not polling, for the Black Forest Labs FLUX image API."""
