@@ -1,6 +1,10 @@
-import inspect
+import os
+import shutil
 
 import pytest
+
+from service import migrations
+from tests.support import postgres
 
 
 @pytest.fixture
@@ -8,8 +12,41 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every `async def` test runs on anyio's asyncio backend without a marker per test."""
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    cluster = postgres.start_cluster()
+    if cluster is None:
+        if os.environ.get("FLUXHOOK_REQUIRE_POSTGRES"):
+            pytest.fail("FLUXHOOK_REQUIRE_POSTGRES is set but no PostgreSQL server was found")
+        pytest.skip("no PostgreSQL server binaries on this machine")
+    postgres.create_template(cluster, migrations.upgrade)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrations.upgrade(f"sqlite+aiosqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path, sqlite_template):
+    """A fresh, migrated database per test, on each engine."""
+    if request.param == "sqlite":
+        path = tmp_path / "fluxhook.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    name = postgres.create_database(cluster)
+    yield cluster.url(name)
+    postgres.drop_database(cluster, name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, sqlite_template) -> str:
+    path = tmp_path / "fluxhook.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"

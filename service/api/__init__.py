@@ -1,0 +1,1 @@
+"""Client-facing routes: BFL drop-in, jobs, events, subscriptions, deliveries."""

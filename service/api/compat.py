@@ -1,0 +1,197 @@
+"""The BFL drop-in: `POST /v1/{model}`, `GET /v1/get_result`, `GET /v1/credits`.
+
+An app points the official BFL client at fluxhook by changing its base URL. Submits validate as
+BFL does and answer at once: the job row commits (status `Queued`) and admission sends it
+upstream. A `webhook_url`/`webhook_secret` in the body is not forwarded to BFL: it becomes
+this job's callback, which fluxhook sends itself.
+"""
+
+import hashlib
+import json
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service import catalog, jobs
+from service.api.auth import authenticate
+from service.api.http import error, read_body, services
+from service.api.jobs import load_job, wait_for_terminal
+from service.bfl import BFLError
+from service.models import IdempotencyKey, Job, Subscription
+from service.targets import check_target_url
+from service.views import bfl_result, submit_response
+
+SUBMIT_BODY_LIMIT = 32 * 1024 * 1024  # base64 input images: BFL takes up to 20 MB each
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_WAIT_S = 25  # under the PaaS router's 30 s request timeout
+JOB_CALLBACK_EVENTS = sorted(jobs.TERMINAL_EVENTS)
+
+
+def validation_error(field: str, message: str, value) -> JSONResponse:
+    item = {"type": "value_error", "loc": ["body", field], "msg": message, "input": value}
+    return JSONResponse({"detail": [item]}, status_code=422)
+
+
+async def submit(request: Request) -> JSONResponse:
+    tenant_id = await authenticate(request)
+    spec = catalog.get_model(request.path_params["model"])
+    if spec is None:
+        raise error(404, "Not Found")
+    try:
+        inputs = catalog.validate_inputs(
+            spec, catalog.parse_json_body(await read_body(request, SUBMIT_BODY_LIMIT))
+        )
+    except catalog.ValidationFailed as exc:
+        return JSONResponse({"detail": exc.detail}, status_code=422)
+    callback = (inputs.pop("webhook_url", None), inputs.pop("webhook_secret", None))
+    svc = services(request)
+    if callback[0] and (
+        reason := check_target_url(callback[0], svc.settings.allow_private_targets)
+    ):
+        return validation_error("webhook_url", reason, callback[0])
+    key = _idempotency_key(request)
+    request_hash = _hash(spec.name, inputs, callback)
+    try:
+        response = await _create(svc, tenant_id, spec, inputs, callback, key, request_hash)
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other committed first.
+        response = await _create(svc, tenant_id, spec, inputs, callback, key, request_hash)
+    return JSONResponse(response)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise error(400, "Idempotency-Key must be 1 to 255 characters")
+    return key
+
+
+def _hash(model: str, inputs: dict, callback: tuple) -> str:
+    canonical = json.dumps([model, inputs, callback], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _create(svc, tenant_id, spec, inputs, callback, key, request_hash) -> dict:
+    async with svc.db.write() as session:
+        now = svc.clock.now()
+        if key is not None:
+            previous = await session.get(IdempotencyKey, (tenant_id, key))
+            if previous is not None and now - previous.created_at < IDEMPOTENCY_WINDOW:
+                if previous.request_hash != request_hash:
+                    raise error(422, "Idempotency-Key was already used with a different request")
+                return previous.response
+            if previous is not None:
+                await session.delete(previous)
+                await session.flush()
+        job = _new_job(tenant_id, spec, inputs, now)
+        session.add(job)
+        await session.flush()
+        if callback[0]:
+            session.add(_job_callback(job, *callback, now))
+        response = submit_response(job, svc.urls)
+        if key is not None:
+            session.add(
+                IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=key,
+                    request_hash=request_hash,
+                    job_id=job.id,
+                    response=response,
+                    created_at=now,
+                )
+            )
+        await svc.signals.after_commit(session, "admission")
+    svc.metrics.jobs_submitted.inc(model=spec.name)
+    return response
+
+
+def _new_job(tenant_id: uuid.UUID, spec: catalog.ModelSpec, inputs: dict, now) -> Job:
+    price = catalog.price(spec, inputs) if spec.cost_on_submit else None
+    return Job(
+        tenant_id=tenant_id,
+        model=spec.name,
+        status=jobs.QUEUED,
+        inputs=inputs,
+        slot_class=spec.slot_class,
+        next_attempt_at=now,
+        cost=price.cost if price else None,
+        input_mp=price.input_mp if price else None,
+        output_mp=price.output_mp if price else None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _job_callback(job: Job, url: str, secret: str | None, now) -> Subscription:
+    return Subscription(
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        url=url,
+        events=JOB_CALLBACK_EVENTS,
+        description="webhook_url of a drop-in submit",
+        secret=secret or None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def task_not_found(task_id: str) -> JSONResponse:
+    body = {
+        "id": task_id,
+        "status": jobs.TASK_NOT_FOUND,
+        "result": None,
+        "progress": None,
+        "details": None,
+        "preview": None,
+    }
+    return JSONResponse(body, status_code=404)
+
+
+async def get_result(request: Request) -> JSONResponse:
+    tenant_id = await authenticate(request)
+    ids = request.query_params.getlist("id")
+    if not ids:
+        missing = {
+            "type": "missing",
+            "loc": ["query", "id"],
+            "msg": "Field required",
+            "input": None,
+        }
+        return JSONResponse({"detail": [missing]}, status_code=422)
+    wait_s = _wait_seconds(request)
+    svc = services(request)
+    try:
+        job_id = uuid.UUID(ids[0])
+    except ValueError:
+        return task_not_found(ids[0])
+    job = await load_job(svc.db, tenant_id, job_id)
+    if job is None:
+        return task_not_found(ids[0])
+    if wait_s:
+        job = await wait_for_terminal(svc, job, wait_s)
+    return JSONResponse(bfl_result(job, svc.urls))
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if not raw:
+        return 0.0
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        raise error(422, "wait must be a number of seconds") from None
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise error(422, f"wait must be between 0 and {MAX_WAIT_S} seconds")
+    return wait_s
+
+
+async def credits(request: Request) -> JSONResponse:
+    await authenticate(request)
+    try:
+        balance = await services(request).bfl.credits()
+    except BFLError as exc:
+        raise error(502, f"could not read credits from BFL: {exc}") from exc
+    return JSONResponse({"credits": balance})

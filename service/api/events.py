@@ -1,0 +1,112 @@
+"""Server-Sent Events: `GET /v1/events` (all the tenant's jobs) and `GET /v1/jobs/{id}/events`.
+
+Each message's `id:` is the event's `job_events` sequence number. A client that reconnects with
+`Last-Event-ID` (header, or `?last_event_id=` for EventSource-less clients) first gets what it
+missed, read from the table, then the live stream; every event exactly once, in order.
+`/v1/events` without an id starts from now; a job's stream without one replays the job's
+whole history. A comment every 15 s keeps PaaS routers from closing an idle stream.
+"""
+
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlmodel import select
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from service.api.auth import authenticate
+from service.api.http import error, services
+from service.api.jobs import tenant_job
+from service.hub import CLOSED, RESYNC, StreamEvent
+from service.models import JobEvent
+
+HEARTBEAT_S = 15.0
+REPLAY_BATCH = 500
+HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def format_event(event: StreamEvent) -> str:
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {event.body}\n\n"
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise error(422, "Last-Event-ID must be an event id this API gave out")
+    return int(raw)
+
+
+async def _latest_seq(svc, tenant_id: uuid.UUID) -> int:
+    query = select(JobEvent.seq).where(JobEvent.tenant_id == tenant_id)
+    async with svc.db.read() as session:
+        latest = (await session.exec(query.order_by(JobEvent.seq.desc()).limit(1))).first()
+    return latest or 0
+
+
+async def tenant_events(request: Request) -> StreamingResponse:
+    tenant_id = await authenticate(request)
+    svc = services(request)
+    last = _last_event_id(request)
+    if last is None:
+        last = await _latest_seq(svc, tenant_id)
+    return _stream(svc, tenant_id, None, last)
+
+
+async def job_events(request: Request) -> StreamingResponse:
+    job = await tenant_job(request)
+    svc = services(request)
+    last = _last_event_id(request) or 0
+    return _stream(svc, job.tenant_id, job.id, last)
+
+
+def _stream(svc, tenant_id, job_id, last: int) -> StreamingResponse:
+    body = _events(svc, tenant_id, job_id, last)
+    return StreamingResponse(body, media_type="text/event-stream", headers=HEADERS)
+
+
+async def _events(svc, tenant_id, job_id, last: int) -> AsyncIterator[str]:
+    with svc.hub.listen(tenant_id, job_id) as listener:
+        svc.metrics.sse_clients.inc()
+        try:
+            yield ": connected\n\n"
+            while True:
+                async for event in _replay(svc, tenant_id, job_id, last):
+                    last = event.seq
+                    yield format_event(event)
+                async for chunk, seq in _live(listener, last):
+                    last = seq or last
+                    yield chunk
+                if svc.hub.closed:
+                    return
+        finally:
+            svc.metrics.sse_clients.inc(-1)
+
+
+async def _live(listener, last: int) -> AsyncIterator[tuple[str, int | None]]:
+    """Live events after `last`, heartbeats when idle; stops to resync or at shutdown."""
+    while True:
+        item = await listener.next(HEARTBEAT_S)
+        if item is None:
+            yield ": heartbeat\n\n", None
+        elif item is RESYNC or item is CLOSED:
+            return
+        elif item.seq > last:
+            last = item.seq
+            yield format_event(item), item.seq
+
+
+async def _replay(svc, tenant_id, job_id, after: int) -> AsyncIterator[StreamEvent]:
+    """Committed events after `after`, from the table, in batches."""
+    while True:
+        query = select(JobEvent).where(JobEvent.tenant_id == tenant_id, JobEvent.seq > after)
+        if job_id is not None:
+            query = query.where(JobEvent.job_id == job_id)
+        async with svc.db.read() as session:
+            rows = (await session.exec(query.order_by(JobEvent.seq).limit(REPLAY_BATCH))).all()
+        for row in rows:
+            after = row.seq
+            yield StreamEvent.from_row(row)
+        if len(rows) < REPLAY_BATCH:
+            return

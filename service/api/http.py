@@ -1,0 +1,62 @@
+"""Small HTTP helpers shared by the routes: JSON errors, bounded bodies, the services."""
+
+import json
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+MIB = 1024 * 1024
+
+
+def services(request: Request):
+    return request.state.services
+
+
+def error(status_code: int, detail: Any) -> HTTPException:
+    return HTTPException(status_code, detail=detail)
+
+
+async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    """Every error is JSON: {"detail": …} (BFL's and FastAPI's shape)."""
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it passes `limit` bytes (never buffered beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise error(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise error(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, limit: int = MIB) -> dict:
+    """A JSON object body, or 400/413 with the reason."""
+    raw = await read_body(request, limit)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise error(400, "body must be JSON") from None
+    if not isinstance(data, dict):
+        raise error(400, "body must be a JSON object")
+    return data
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error(422, f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise error(422, f"{name} must be between {low} and {high}")
+    return value

@@ -1,0 +1,185 @@
+"""fluxhook's client for the BFL API. Every call goes through the httpx client passed in.
+
+Errors, translated once here at the edge:
+
+    BFLError
+    ├── BFLAuthError            401 / 403: BFL refused fluxhook's API key
+    ├── BFLInsufficientCredits  402
+    ├── BFLNotFound             404: unknown route, or `Task not found` on every host asked
+    ├── BFLRejected             400 / 422 and other 4xx: BFL will not take this request
+    ├── BFLRateLimited          429: too many active tasks (`retry_after` in seconds, if sent)
+    ├── BFLServerError          5xx, or a body that is not what BFL sends
+    ├── BFLUnavailable          the request never reached BFL (connect error): safe to resend
+    └── BFLTimeout              no answer in time: BFL may or may not have the request
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class BFLError(Exception):
+    def __init__(self, message: str, status_code: int | None = None, detail: Any = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class BFLAuthError(BFLError):
+    pass
+
+
+class BFLInsufficientCredits(BFLError):
+    pass
+
+
+class BFLNotFound(BFLError):
+    pass
+
+
+class BFLRejected(BFLError):
+    pass
+
+
+class BFLRateLimited(BFLError):
+    def __init__(self, message: str, retry_after: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class BFLServerError(BFLError):
+    pass
+
+
+class BFLUnavailable(BFLError):
+    pass
+
+
+class BFLTimeout(BFLError):
+    pass
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: str
+    polling_url: str | None
+    cost: float | None
+    input_mp: float | None
+    output_mp: float | None
+
+
+class BFLClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_key: str,
+        base_url: str,
+        poll_hosts: tuple[str, ...] = (),
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._http = http
+        self._headers = {"x-key": api_key, "accept": "application/json"}
+        self.base_url = base_url.rstrip("/")
+        self._poll_hosts = poll_hosts
+        self.timeout_s = timeout_s
+        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+
+    async def submit(
+        self, model: str, inputs: dict, webhook_url: str, webhook_secret: str
+    ) -> Submitted:
+        body = {**inputs, "webhook_url": webhook_url, "webhook_secret": webhook_secret}
+        data = await self._call("POST", f"{self.base_url}/v1/{model}", json=body)
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise BFLServerError("BFL's submit response has no task id", detail=data)
+        return Submitted(
+            id=data["id"],
+            polling_url=_str_or_none(data.get("polling_url")),
+            cost=_float_or_none(data.get("cost")),
+            input_mp=_float_or_none(data.get("input_mp")),
+            output_mp=_float_or_none(data.get("output_mp")),
+        )
+
+    async def get_result(self, task_id: str, polling_url: str | None = None) -> dict:
+        """The task's get_result body: from `polling_url` if known, else from the API host,
+        then each of BFL_POLL_HOSTS. BFLNotFound only when every host says `Task not found`."""
+        for url in self.result_urls(task_id, polling_url):
+            try:
+                data = await self._call("GET", url)
+            except BFLNotFound:
+                continue
+            if isinstance(data, dict):
+                return data
+            raise BFLServerError("BFL's get_result body is not an object", detail=data)
+        raise BFLNotFound(f"task {task_id} not found on any BFL host", status_code=404)
+
+    def result_urls(self, task_id: str, polling_url: str | None) -> list[str]:
+        hosts = (self.base_url, *self._poll_hosts)
+        urls = [polling_url] if polling_url else []
+        urls += [str(httpx.URL(f"{h}/v1/get_result", params={"id": task_id})) for h in hosts]
+        return list(dict.fromkeys(urls))
+
+    async def credits(self) -> float:
+        data = await self._call("GET", f"{self.base_url}/v1/credits")
+        value = data.get("credits") if isinstance(data, dict) else None
+        if not isinstance(value, int | float):
+            raise BFLServerError("BFL's credits response has no number", detail=data)
+        return float(value)
+
+    async def _call(self, method: str, url: str, json: dict | None = None) -> Any:
+        try:
+            response = await self._http.request(
+                method, url, json=json, headers=self._headers, timeout=self._timeout
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise BFLUnavailable(f"could not reach BFL: {type(exc).__name__}") from exc
+        except httpx.TimeoutException as exc:
+            raise BFLTimeout(f"BFL did not answer in time: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise BFLTimeout(f"connection to BFL failed mid-request: {exc!r}") from exc
+        return _decode(response)
+
+
+def _decode(response: httpx.Response) -> Any:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.is_success:
+        if data is None:
+            raise BFLServerError("BFL answered with a body that is not JSON", response.status_code)
+        return data
+    raise _error_for(response, data)
+
+
+def _error_for(response: httpx.Response, data: Any) -> BFLError:
+    status = response.status_code
+    detail = data.get("detail", data) if isinstance(data, dict) else response.text[:500]
+    message = f"BFL answered {status}: {detail}"
+    if status == 404 or (isinstance(data, dict) and data.get("status") == "Task not found"):
+        return BFLNotFound(message, status_code=status, detail=detail)
+    if status in (401, 403):
+        return BFLAuthError(message, status_code=status, detail=detail)
+    if status == 402:
+        return BFLInsufficientCredits(message, status_code=status, detail=detail)
+    if status == 429:
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        return BFLRateLimited(message, retry_after=retry_after, status_code=status, detail=detail)
+    if status >= 500:
+        return BFLServerError(message, status_code=status, detail=detail)
+    return BFLRejected(message, status_code=status, detail=detail)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

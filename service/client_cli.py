@@ -1,0 +1,187 @@
+"""The client verbs of `fluxhook`: they talk to a running fluxhook over its HTTP API.
+
+Exit codes: 0 success; 1 the job ended without an image (failed or moderated); 2 bad usage
+or configuration; 3 fluxhook refused the request or could not be reached.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+TERMINAL_EVENTS = {"job.ready", "job.failed", "job.moderated"}
+EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
+
+
+class ClientError(Exception):
+    """Bad usage or configuration (exit 2)."""
+
+
+class RequestFailed(Exception):
+    """fluxhook refused the request or could not be reached (exit 3)."""
+
+
+def add_client_verbs(verbs) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="fluxhook's base URL (default: $FLUXHOOK_URL)")
+    common.add_argument("--key", help="API key (default: $FLUXHOOK_KEY)")
+    submit = verbs.add_parser("submit", parents=[common], help="submit a prompt")
+    submit.add_argument("prompt")
+    submit.add_argument("--model", default="flux-dev")
+    submit.add_argument("--width", type=int)
+    submit.add_argument("--height", type=int)
+    submit.add_argument("--aspect-ratio")
+    submit.add_argument("--seed", type=int)
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job live and save the image"
+    )
+    submit.add_argument("--out", type=Path, help="where --wait saves the image")
+    jobs = verbs.add_parser("jobs", parents=[common], help="list recent jobs")
+    jobs.add_argument("--status")
+    jobs.add_argument("--limit", type=int, default=20)
+    deliveries = verbs.add_parser("deliveries", parents=[common], help="list callback deliveries")
+    deliveries.add_argument("--failed", action="store_true", help="only dead letters")
+    redeliver = verbs.add_parser("redeliver", parents=[common], help="send a delivery again")
+    redeliver.add_argument("id")
+
+
+def _client(args) -> httpx.Client:
+    port = os.environ.get("PORT", "8000")
+    url = args.url or os.environ.get("FLUXHOOK_URL") or f"http://127.0.0.1:{port}"
+    key = args.key or os.environ.get("FLUXHOOK_KEY")
+    if not key:
+        raise ClientError("no API key: pass --key or set FLUXHOOK_KEY")
+    return httpx.Client(base_url=url.rstrip("/"), headers={"x-key": key}, timeout=30.0)
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text[:200]
+    raise RequestFailed(f"fluxhook answered {response.status_code}: {detail}")
+
+
+def _request(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
+    try:
+        return _checked(client.request(method, path, **kwargs))
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"could not reach fluxhook at {client.base_url}: {exc}") from exc
+
+
+def submit(args) -> int:
+    inputs = {"prompt": args.prompt}
+    for name in ("width", "height", "aspect_ratio", "seed"):
+        if getattr(args, name) is not None:
+            inputs[name] = getattr(args, name)
+    with _client(args) as client:
+        job = _request(client, "POST", f"/v1/{args.model}", json=inputs).json()
+        print(job["id"], flush=True)
+        if not args.wait:
+            return 0
+        final = _follow(client, job["id"])
+        if final["type"] != "job.ready":
+            reason = json.dumps(final["data"].get("details"))
+            print(f"{final['data']['status']}: {reason}", file=sys.stderr)
+            return 1
+        return _save_image(client, job["id"], args.out)
+
+
+def _follow(client: httpx.Client, job_id: str) -> dict:
+    """Follow the job's event stream, drawing a progress line, until it settles."""
+    tty = sys.stderr.isatty()
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as stream:
+            _checked(stream)
+            for event in _sse_events(stream.iter_lines()):
+                _progress_line(event, tty)
+                if event["type"] in TERMINAL_EVENTS:
+                    if tty:
+                        print(file=sys.stderr)
+                    return event
+    except httpx.HTTPError as exc:
+        raise RequestFailed(f"lost the event stream: {exc}") from exc
+    raise RequestFailed("the event stream ended before the job finished")
+
+
+def _sse_events(lines):
+    data = []
+    for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def _progress_line(event: dict, tty: bool) -> None:
+    job = event["data"]
+    progress = job.get("progress")
+    percent = f" {round(progress * 100)}%" if isinstance(progress, int | float) else ""
+    line = f"{job['status']}{percent}"
+    print(f"\r{line:<40}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+
+def _save_image(client: httpx.Client, job_id: str, out: Path | None) -> int:
+    response = _request(client, "GET", f"/v1/jobs/{job_id}/image")
+    extension = EXTENSIONS.get(response.headers.get("content-type", ""), ".img")
+    path = out or Path(f"{job_id}{extension}")
+    path.write_bytes(response.content)
+    print(f"saved {path}", flush=True)
+    return 0
+
+
+def jobs(args) -> int:
+    params = {"limit": args.limit} | ({"status": args.status} if args.status else {})
+    with _client(args) as client:
+        rows = _request(client, "GET", "/v1/jobs", params=params).json()["jobs"]
+    for job in rows:
+        print(f"{job['id']}  {job['model']:<22} {job['status']:<18} {job['created_at']}")
+    return 0
+
+
+def deliveries(args) -> int:
+    params = {"status": "failed"} if args.failed else {}
+    with _client(args) as client:
+        rows = _request(client, "GET", "/v1/deliveries", params=params).json()["deliveries"]
+    for d in rows:
+        code = d["last_status_code"] or "-"
+        print(
+            f"{d['id']}  {d['event_type']:<14} {d['status']:<9} attempts={d['attempts']} "
+            f"last={code} {d['last_error'] or ''}".rstrip()
+        )
+    return 0
+
+
+def redeliver(args) -> int:
+    with _client(args) as client:
+        delivery = _request(client, "POST", f"/v1/deliveries/{args.id}/redeliver").json()
+    print(f"{delivery['id']} is pending again")
+    return 0
+
+
+def _exit_codes(verb):
+    def run(args) -> int:
+        try:
+            return verb(args)
+        except RequestFailed as exc:
+            print(f"fluxhook: {exc}", file=sys.stderr)
+            return 3
+
+    return run
+
+
+CLIENT_VERBS = {
+    name: _exit_codes(verb)
+    for name, verb in {
+        "submit": submit,
+        "jobs": jobs,
+        "deliveries": deliveries,
+        "redeliver": redeliver,
+    }.items()
+}

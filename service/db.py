@@ -1,0 +1,89 @@
+"""The engine, transactions, SQLite pragmas and the after-commit hook.
+
+Writers use `Database.write()`: on SQLite it starts with BEGIN IMMEDIATE (a read-then-write
+transaction that starts deferred fails with "database is locked" whatever the busy timeout);
+readers use `Database.read()`. The caller owns the transaction: persistence functions take a
+session and never commit.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.settings import Settings
+
+# 30 s: how long a SQLite writer waits for the lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30
+AFTER_COMMIT = "fluxhook.after_commit"
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    if settings.is_postgres:
+        return create_async_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
+            pool_pre_ping=True,
+            pool_timeout=30,
+        )
+    engine = create_async_engine(
+        settings.database_url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        pool_size=settings.db_pool_size,
+        max_overflow=10,
+    )
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        # Take BEGIN away from the driver so that we can say IMMEDIATE ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection) -> None:
+        writes = connection.get_execution_options().get("fluxhook_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def on_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction has committed (never on rollback)."""
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+class Database:
+    """The one shared state: sessions for reading and for writing."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+        writer = engine.execution_options(fluxhook_write=True)
+        self._read = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._write = async_sessionmaker(writer, class_=AsyncSession, expire_on_commit=False)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed on exit, rolled back on error, then after-commit hooks."""
+        async with self._write() as session:
+            async with session.begin():
+                yield session
+            for callback in session.info.pop(AFTER_COMMIT, []):
+                callback()
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._read() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,206 @@
+"""Live fan-out to SSE streams.
+
+Events reach the hub after their transaction commits. On SQLite one reader follows the
+`job_events` table (writes are serialised, so sequence order is commit order). On PostgreSQL
+a LISTEN connection receives each event's NOTIFY, sent in commit order across processes.
+A stream that falls behind (or a hub that lost its connection) is told to resync: it reads
+what it missed from the table, so nothing is dropped and nothing is sent twice.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from service.db import Database
+from service.events import EVENTS_CHANNEL, envelope
+from service.models import JobEvent
+from service.signals import WAKE_CHANNEL, Signals
+
+log = logging.getLogger(__name__)
+LISTENER_BACKLOG = 1000  # events buffered per stream before it must resync from the table
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    seq: int
+    tenant_id: uuid.UUID
+    job_id: uuid.UUID | None
+    type: str
+    body: str  # the serialised envelope, shared by every stream
+
+    @classmethod
+    def from_row(cls, row: JobEvent) -> "StreamEvent":
+        body = json.dumps(envelope(row), separators=(",", ":"))
+        return cls(row.seq, row.tenant_id, row.job_id, row.type, body)
+
+
+RESYNC = object()  # sentinel: read missed events from the table
+CLOSED = object()  # sentinel: the hub is shutting down
+
+
+class Listener:
+    def __init__(self, tenant_id: uuid.UUID, job_id: uuid.UUID | None) -> None:
+        self.tenant_id = tenant_id
+        self.job_id = job_id
+        self._queue: asyncio.Queue = asyncio.Queue(LISTENER_BACKLOG)
+        self._resync_pending = False
+
+    def offer(self, event: StreamEvent) -> None:
+        if self.job_id is not None and event.job_id != self.job_id:
+            return
+        if self._resync_pending:
+            return  # the table read that follows will include this event
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.resync()
+
+    def resync(self) -> None:
+        self._drain()
+        self._resync_pending = True
+        self._queue.put_nowait(RESYNC)
+
+    def close(self) -> None:
+        self._drain()
+        self._queue.put_nowait(CLOSED)
+
+    async def next(self, timeout_s: float) -> object:
+        """A StreamEvent, RESYNC, CLOSED, or None after `timeout_s` of silence."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                item = await self._queue.get()
+        except TimeoutError:
+            return None
+        if item is RESYNC:
+            self._resync_pending = False
+        return item
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+class Hub:
+    def __init__(self, db: Database, signals: Signals) -> None:
+        self._db = db
+        self._signals = signals
+        self._listeners: dict[uuid.UUID, set[Listener]] = defaultdict(set)
+        self._cursor: int | None = None
+        self.closed = False
+
+    @property
+    def listener_count(self) -> int:
+        return sum(len(group) for group in self._listeners.values())
+
+    @contextlib.contextmanager
+    def listen(self, tenant_id: uuid.UUID, job_id: uuid.UUID | None = None) -> Iterator[Listener]:
+        listener = Listener(tenant_id, job_id)
+        if self.closed:
+            listener.close()
+        self._listeners[tenant_id].add(listener)
+        try:
+            yield listener
+        finally:
+            group = self._listeners[tenant_id]
+            group.discard(listener)
+            if not group:
+                del self._listeners[tenant_id]
+
+    def publish(self, event: StreamEvent) -> None:
+        for listener in list(self._listeners.get(event.tenant_id, ())):
+            listener.offer(event)
+
+    def resync_all(self) -> None:
+        for group in self._listeners.values():
+            for listener in group:
+                listener.resync()
+
+    def close(self) -> None:
+        """Shutdown: every stream ends."""
+        self.closed = True
+        for group in self._listeners.values():
+            for listener in group:
+                listener.close()
+
+    async def run(self) -> None:
+        if self._db.is_postgres:
+            await PostgresFollower(self, self._db, self._signals).run()
+        else:
+            await self._follow_table()
+
+    async def _follow_table(self) -> None:
+        while True:
+            await self.publish_new_rows()
+            await self._signals.wait("hub", timeout_s=1.0)
+
+    async def publish_new_rows(self) -> None:
+        """SQLite: publish the rows committed since the last call, in sequence order."""
+        async with self._db.read() as session:
+            if self._cursor is None:
+                self._cursor = (
+                    await session.exec(sa.select(sa.func.max(JobEvent.seq)))
+                ).scalar()
+                self._cursor = self._cursor or 0
+                return
+            query = select(JobEvent).where(JobEvent.seq > self._cursor).order_by(JobEvent.seq)
+            rows = (await session.exec(query)).all()
+        for row in rows:
+            self._cursor = row.seq
+            self.publish(StreamEvent.from_row(row))
+
+
+class PostgresFollower:
+    """LISTEN on a direct connection; reconnects, and tells streams to resync after a gap."""
+
+    def __init__(self, hub: Hub, db: Database, signals: Signals) -> None:
+        self._hub = hub
+        self._db = db
+        self._signals = signals
+
+    async def run(self) -> None:
+        import psycopg
+
+        conninfo = self._db.engine.url.set(drivername="postgresql").render_as_string(False)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    self._hub.resync_all()
+                    async for notification in conn.notifies():
+                        await self._dispatch(notification.channel, notification.payload)
+            except psycopg.OperationalError:
+                log.exception("hub lost its PostgreSQL LISTEN connection; reconnecting")
+                await asyncio.sleep(1.0)
+
+    async def _dispatch(self, channel: str, payload: str) -> None:
+        if channel == WAKE_CHANNEL:
+            self._signals.wake(payload)
+            return
+        row = json.loads(payload)
+        if "tenant_id" not in row:
+            event = await self._load(row["seq"])
+        else:
+            event = JobEvent(
+                seq=row["seq"],
+                tenant_id=uuid.UUID(row["tenant_id"]),
+                job_id=uuid.UUID(row["job_id"]) if row["job_id"] else None,
+                type=row["type"],
+                data=row["data"],
+                created_at=datetime.fromisoformat(row["created_at"]),
+            )
+        if event is not None:
+            self._hub.publish(StreamEvent.from_row(event))
+
+    async def _load(self, seq: int) -> JobEvent | None:
+        async with self._db.read() as session:
+            return await session.get(JobEvent, seq)

@@ -1,0 +1,99 @@
+"""Structured logs to stdout: JSON on a PaaS, text in a terminal. Every line carries the
+request id and job id in context. Nothing here logs headers or bodies, so no secret or key
+reaches a log line; paths with tokens in them are shortened."""
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+TOKEN_PATHS = re.compile(r"^/(webhooks/bfl|images)/[^/]+")
+access_log = logging.getLogger("fluxhook.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name, var in (("request_id", request_id), ("job_id", job_id)):
+            if value := var.get():
+                line[name] = value
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(
+            f"{k}={v.get()}" for k, v in (("req", request_id), ("job", job_id)) if v.get()
+        )
+        return f"{text} [{context}]" if context else text
+
+
+def configure(log_format: str, level: str = "INFO", stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stdout)
+    if log_format == "json":
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full URLs
+
+
+def safe_path(path: str) -> str:
+    """A path fit for a log line: webhook and image tokens cut out."""
+    return TOKEN_PATHS.sub(lambda m: f"/{m.group(1)}/…", path)
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id per request (from X-Request-ID or new), echoed in
+    the response, set in the log context, and one access line per request."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming[:64] if re.fullmatch(r"[\w.-]{1,64}", incoming or "") else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started, status = time.perf_counter(), [500]
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            fields = {
+                "method": scope["method"],
+                "path": safe_path(scope["path"]),
+                "status": status[0],
+                "ms": elapsed_ms,
+            }
+            access_log.info(
+                "%s %s %s", scope["method"], fields["path"], status[0], extra={"fields": fields}
+            )
+            request_id.reset(token)

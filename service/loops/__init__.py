@@ -1,0 +1,1 @@
+"""Background loops: claim → act → commit, each supervised (see `base.py`)."""

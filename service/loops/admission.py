@@ -1,0 +1,225 @@
+"""Admission: at most BFL_MAX_ACTIVE upstream tasks (6 for flux-kontext-max), counted in the
+database so the limit holds across processes. Queued jobs go out in FIFO order as slots free.
+
+A claimed job holds its slot (`holds_slot`) from the claim until BFL is done with it. Outcomes
+of a submit (DESIGN §4):
+
+- accepted ⇒ `Pending`, and the reconciler's deadline is set;
+- 429 or 5xx or no connection ⇒ back to the queue with backoff, slot released;
+- 402 ⇒ `Error`, `insufficient credits`; other refusals ⇒ `Error` with BFL's reason;
+- timeout ⇒ ambiguous: BFL may have the task. The job keeps its slot and its lease runs for
+  the model's webhook window; if no webhook names the job by then, it is submitted again.
+  A crash mid-submit looks the same (the lease runs out) and is handled the same way.
+"""
+
+import functools
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import func
+from sqlmodel import select
+
+from service import bfl as upstream
+from service import catalog, jobs
+from service.db import Database
+from service.events import record_event
+from service.loops.base import Loop
+from service.metrics import Metrics
+from service.models import Job
+from service.schedule import backoff_s
+from service.signals import Signals
+from service.signing import Signing
+from service.views import Urls, job_view
+
+log = logging.getLogger(__name__)
+ADMISSION_LOCK = 0x466C7578_01  # pg advisory lock: one admission claim at a time, all processes
+KONTEXT_MAX = "flux-kontext-max"
+WEBHOOK_SLACK = timedelta(seconds=30)
+GIVE_UP_AFTER = timedelta(hours=1)  # upstream failing this long fails the job
+RETRYABLE = (upstream.BFLRateLimited, upstream.BFLServerError, upstream.BFLUnavailable)
+
+
+@dataclass(frozen=True)
+class Limits:
+    total: int = 24
+    kontext_max: int = 6
+
+
+def webhook_window(model: str) -> timedelta:
+    """How long after submit a webhook is due: expected latency × 2 + slack (DESIGN §4)."""
+    spec = catalog.get_model(model)
+    latency = spec.latency_s if spec else 30.0
+    return timedelta(seconds=latency * 2) + WEBHOOK_SLACK
+
+
+class Admission(Loop):
+    name = "admission"
+    interval_s = 1.0
+
+    def __init__(
+        self,
+        db: Database,
+        signals: Signals,
+        clock,
+        bfl: upstream.BFLClient,
+        signing: Signing,
+        urls: Urls,
+        metrics: Metrics,
+        limits: Limits,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(signals)
+        self.db, self.clock, self.bfl, self.signing = db, clock, bfl, signing
+        self.urls, self.metrics, self.limits = urls, metrics, limits
+        self.submit_lease = timedelta(seconds=bfl.timeout_s) + WEBHOOK_SLACK
+        self._rng = rng or random.Random()
+
+    async def claim(self) -> list[Job]:
+        async with self.db.write() as session:
+            if self.db.is_postgres:
+                await session.exec(sa.select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
+            now = self.clock.now()
+            claimed = await self._stale(session, now) + await self._fresh(session, now)
+            for job in claimed:
+                job.holds_slot = True
+                job.submit_attempts += 1
+                job.lease_expires_at = now + self.submit_lease
+            return claimed
+
+    async def _stale(self, session, now: datetime) -> list[Job]:
+        """Submits that timed out or whose process died: their slot is already held."""
+        query = (
+            select(Job)
+            .where(Job.status == jobs.QUEUED, Job.holds_slot, Job.lease_expires_at <= now)
+            .order_by(Job.created_at, Job.id)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await session.exec(query)).all())
+
+    async def _fresh(self, session, now: datetime) -> list[Job]:
+        used = dict(
+            (
+                await session.exec(
+                    sa.select(Job.slot_class, func.count())
+                    .where(Job.holds_slot)
+                    .group_by(Job.slot_class)
+                )
+            ).all()
+        )
+        free = self.limits.total - sum(used.values())
+        free_kontext = self.limits.kontext_max - used.get(KONTEXT_MAX, 0)
+        if free <= 0:
+            return []
+        query = (
+            select(Job)
+            .where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
+            .order_by(Job.created_at, Job.id)
+            .limit(free)
+            .with_for_update(skip_locked=True)
+        )
+        if free_kontext <= 0:
+            query = query.where(Job.slot_class != KONTEXT_MAX)
+        admitted = []
+        for job in (await session.exec(query)).all():
+            if job.slot_class == KONTEXT_MAX:
+                if free_kontext <= 0:
+                    continue
+                free_kontext -= 1
+            admitted.append(job)
+        return admitted
+
+    async def work(self, job: Job) -> None:
+        """Submit one job upstream. Cut short by shutdown, it is ambiguous: its lease runs out."""
+        webhook_url = self.urls.webhook(job.id)
+        secret = self.signing.webhook_secret(job.id)
+        try:
+            submitted = await self.bfl.submit(job.model, job.inputs, webhook_url, secret)
+        except upstream.BFLError as exc:
+            self.metrics.upstream_responses.inc(op="submit", outcome=_outcome(exc))
+            await self._apply(job.id, functools.partial(self._failed, exc=exc))
+            return
+        self.metrics.upstream_responses.inc(op="submit", outcome="ok")
+        await self._apply(job.id, functools.partial(self._accepted, submitted=submitted))
+
+    async def _apply(self, job_id: uuid.UUID, outcome) -> None:
+        async with self.db.write() as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            await outcome(session, job, self.clock.now())
+
+    async def _accepted(self, session, job: Job, now, *, submitted: upstream.Submitted) -> None:
+        job.bfl_id = job.bfl_id or submitted.id
+        job.polling_url = job.polling_url or submitted.polling_url
+        for field in ("cost", "input_mp", "output_mp"):
+            if getattr(submitted, field) is not None:
+                setattr(job, field, getattr(submitted, field))
+        if job.status not in jobs.IN_FLIGHT:
+            return  # a webhook beat this response and already finished the job
+        job.lease_expires_at = None
+        job.submitted_at = job.submitted_at or now
+        job.webhook_due_at = job.submitted_at + webhook_window(job.model)
+        job.next_poll_at = job.webhook_due_at
+        job.updated_at = now
+        if job.status == jobs.QUEUED:
+            job.status = jobs.PENDING
+            await self._event(session, job, jobs.EVENT_SUBMITTED, now)
+
+    async def _failed(self, session, job: Job, now, *, exc: upstream.BFLError) -> None:
+        if job.status != jobs.QUEUED:
+            return  # BFL's webhook already moved it on: the task exists after all
+        if isinstance(exc, upstream.BFLTimeout):
+            log.warning("submit of job %s timed out; BFL may have it: %s", job.id, exc)
+            job.lease_expires_at = now + webhook_window(job.model)
+            return
+        retry = isinstance(
+            exc, upstream.BFLRateLimited | upstream.BFLServerError | upstream.BFLUnavailable
+        )
+        if retry and now - job.created_at < GIVE_UP_AFTER:
+            self._requeue(job, exc, now)
+            return
+        await self._fail(session, job, _reason(exc), now)
+
+    def _requeue(self, job: Job, exc: upstream.BFLError, now) -> None:
+        delay = backoff_s(job.submit_attempts, base_s=1.0, cap_s=60.0, rng=self._rng)
+        if isinstance(exc, upstream.BFLRateLimited) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        log.info("job %s goes back to the queue for %.1fs: %s", job.id, delay, exc)
+        job.holds_slot = False
+        job.lease_expires_at = None
+        job.next_attempt_at = now + timedelta(seconds=delay)
+        job.updated_at = now
+
+    async def _fail(self, session, job: Job, reason: str, now) -> None:
+        job.status, job.details = jobs.ERROR, {"error": reason}
+        job.holds_slot, job.lease_expires_at = False, None
+        job.finished_at = job.updated_at = now
+        await self._event(session, job, jobs.EVENT_FAILED, now)
+        await self.signals.after_commit(session, self.name)
+
+    async def _event(self, session, job: Job, event_type: str, now) -> None:
+        await record_event(
+            session,
+            self.signals,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            type=event_type,
+            data=job_view(job, self.urls),
+            now=now,
+        )
+
+
+def _reason(exc: upstream.BFLError) -> str:
+    if isinstance(exc, upstream.BFLInsufficientCredits):
+        return "insufficient credits"
+    if isinstance(exc, upstream.BFLAuthError):
+        return "BFL refused fluxhook's API key"
+    if isinstance(exc, upstream.BFLRejected | upstream.BFLNotFound):
+        return f"BFL rejected the request: {exc.detail}"
+    return f"BFL kept failing: {exc}"
+
+
+def _outcome(exc: upstream.BFLError) -> str:
+    return str(exc.status_code) if exc.status_code else type(exc).__name__

@@ -1,0 +1,94 @@
+"""The shape every background loop shares (procrastinate's worker loop).
+
+A loop waits for any of: a wake-up (a commit gave it work), its poll interval, or shutdown;
+then claims a batch and works each item. `run_until_idle()` runs passes until one claims
+nothing, which is how tests drive loops deterministically. At shutdown a loop stops claiming,
+lets its in-flight work finish, and whatever is cut short gives its leases back (`release`).
+"""
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from service.signals import Signals
+
+log = logging.getLogger(__name__)
+RESTART_DELAY_S = 1.0
+
+
+class Loop(abc.ABC):
+    name: str = "loop"
+    interval_s: float = 1.0
+
+    def __init__(self, signals: Signals) -> None:
+        self.signals = signals
+        self.stopping = False
+        self._cut_short: list = []
+
+    @abc.abstractmethod
+    async def claim(self) -> list:
+        """Lease a batch of work; [] when there is none."""
+
+    @abc.abstractmethod
+    async def work(self, item) -> None:
+        """Act on one claimed item and commit the outcome."""
+
+    async def release(self, items: list) -> None:  # noqa: B027 - most loops keep nothing
+        """Give back the leases of items whose work was cut short by shutdown."""
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while not self.stopping:
+                claimed = await self.claim()
+                for item in claimed:
+                    tg.start_soon(self._tracked, item)
+                if not claimed and not self.stopping:
+                    await self.signals.wait(self.name, self.interval_s)
+
+    async def _tracked(self, item) -> None:
+        try:
+            await self.work(item)
+        except anyio.get_cancelled_exc_class():
+            self._cut_short.append(item)
+            raise
+
+    async def run_once(self) -> bool:
+        """One pass; True if it claimed anything (so another pass may find more)."""
+        claimed = await self.claim()
+        async with anyio.create_task_group() as tg:
+            for item in claimed:
+                tg.start_soon(self.work, item)
+        return bool(claimed)
+
+    async def run_until_idle(self, max_passes: int = 10_000) -> None:
+        for _ in range(max_passes):
+            if not await self.run_once():
+                return
+        raise RuntimeError(f"{self.name} never went idle")
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.signals.wake(self.name)
+
+    async def release_cut_short(self) -> None:
+        items, self._cut_short = self._cut_short, []
+        if items:
+            await self.release(items)
+
+
+async def supervise(loop: Loop, run: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run the loop until it stops: a crash is logged with its traceback and it restarts."""
+    run = run or loop.run
+    while not loop.stopping:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "background loop %s crashed; restarting in %ss", loop.name, RESTART_DELAY_S
+            )
+            await asyncio.sleep(RESTART_DELAY_S)

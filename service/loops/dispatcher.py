@@ -1,0 +1,173 @@
+"""The dispatcher: sends the outbox. Claims due deliveries with leases (SKIP LOCKED on
+PostgreSQL), at most `per_subscription` in flight per subscription across all processes so
+one slow subscriber cannot starve the others, signs, POSTs with a timeout and no redirects,
+and applies the pure schedule of `service.schedule`.
+"""
+
+import logging
+import random
+import uuid
+from datetime import datetime, timedelta
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy import func, or_
+from sqlmodel import select
+
+from service import schedule
+from service.callbacks import body_for, headers_for, message_id
+from service.db import Database
+from service.events import record_event
+from service.loops.base import Loop
+from service.metrics import Metrics
+from service.models import Delivery, JobEvent, Subscription
+from service.schedule import Attempt, Decision
+from service.signals import Signals
+
+log = logging.getLogger(__name__)
+CLAIM_BATCH = 100
+PENDING = "pending"
+
+
+class Dispatcher(Loop):
+    name = "dispatcher"
+    interval_s = 1.0
+
+    def __init__(
+        self,
+        db: Database,
+        signals: Signals,
+        clock,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+        timeout_s: float = 10.0,
+        per_subscription: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(signals)
+        self.db, self.clock, self.http, self.metrics = db, clock, http, metrics
+        self.timeout_s = timeout_s
+        self.per_subscription = per_subscription
+        self.lease = timedelta(seconds=timeout_s * 3)
+        self._rng = rng or random.Random()
+
+    async def claim(self) -> list[uuid.UUID]:
+        async with self.db.write() as session:
+            now = self.clock.now()
+            room = await self._room(session, now)
+            rows = (await session.exec(self._due(now))).all()
+            claimed = []
+            for delivery in rows:
+                free = room.get(delivery.subscription_id, self.per_subscription)
+                if free > 0:
+                    room[delivery.subscription_id] = free - 1
+                    delivery.lease_expires_at = now + self.lease
+                    claimed.append(delivery.id)
+            return claimed
+
+    async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
+        """Per busy subscription, how many more deliveries may be in flight (others: all)."""
+        in_flight = sa.select(Delivery.subscription_id, func.count()).where(
+            Delivery.status == PENDING, Delivery.lease_expires_at > now
+        )
+        busy = (await session.exec(in_flight.group_by(Delivery.subscription_id))).all()
+        return {subscription_id: self.per_subscription - count for subscription_id, count in busy}
+
+    def _due(self, now: datetime):
+        ready = (
+            sa.select(
+                Delivery.id,
+                func.row_number()
+                .over(partition_by=Delivery.subscription_id, order_by=Delivery.next_attempt_at)
+                .label("rank"),
+            )
+            .join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(
+                Delivery.status == PENDING, Delivery.next_attempt_at <= now, Subscription.enabled
+            )
+            .where(or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at <= now))
+            .subquery()
+        )
+        ids = sa.select(ready.c.id).where(ready.c.rank <= self.per_subscription)
+        return (
+            select(Delivery)
+            .where(Delivery.id.in_(ids.scalar_subquery()))
+            .order_by(Delivery.next_attempt_at)
+            .limit(CLAIM_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+
+    async def release(self, items: list[uuid.UUID]) -> None:
+        async with self.db.write() as session:
+            for delivery_id in items:
+                delivery = await session.get(Delivery, delivery_id, with_for_update=True)
+                if delivery is not None and delivery.status == PENDING:
+                    delivery.lease_expires_at = None
+
+    async def work(self, delivery_id: uuid.UUID) -> None:
+        async with self.db.read() as session:
+            delivery = await session.get(Delivery, delivery_id)
+            subscription = await session.get(Subscription, delivery.subscription_id)
+            event = await session.get(JobEvent, delivery.event_seq)
+        now = self.clock.now()
+        body = body_for(subscription, event)
+        headers = headers_for(subscription, message_id(delivery.id), body, now)
+        attempt, error = await self._post(subscription.url, body, headers)
+        decision = schedule.decide_delivery(delivery.attempts + 1, attempt, now, self._rng)
+        self.metrics.delivery_attempts.inc(outcome=decision.outcome)
+        await self._record(delivery_id, attempt, error, decision, event)
+
+    async def _post(self, url: str, body: bytes, headers: dict) -> tuple[Attempt, str | None]:
+        try:
+            response = await self.http.post(
+                url, content=body, headers=headers, timeout=self.timeout_s, follow_redirects=False
+            )
+        except httpx.HTTPError as exc:
+            return Attempt(None), f"{type(exc).__name__}: {exc}"[:500]
+        retry_after = schedule.parse_retry_after(
+            response.headers.get("retry-after"), self.clock.now()
+        )
+        error = None if response.is_success else f"HTTP {response.status_code}"
+        return Attempt(response.status_code, retry_after), error
+
+    async def _record(
+        self, delivery_id, attempt: Attempt, error, decision: Decision, event
+    ) -> None:
+        async with self.db.write() as session:
+            delivery = await session.get(Delivery, delivery_id, with_for_update=True)
+            subscription = await session.get(Subscription, delivery.subscription_id)
+            now = self.clock.now()
+            delivery.attempts += 1
+            delivery.last_attempt_at, delivery.lease_expires_at = now, None
+            delivery.last_status_code, delivery.last_error = attempt.status_code, error
+            if decision.outcome == schedule.DELIVERED:
+                delivery.status, delivery.delivered_at = schedule.DELIVERED, now
+                subscription.failing_since = None
+                self.metrics.delivery_latency.observe((now - event.created_at).total_seconds())
+                return
+            subscription.failing_since = subscription.failing_since or now
+            if decision.outcome == schedule.RETRY:
+                delivery.next_attempt_at = decision.next_attempt_at
+            else:
+                delivery.status = schedule.DEAD
+                self.metrics.delivery_failures.inc()
+            if decision.outcome == schedule.GONE:
+                await self._disable(session, subscription, "the endpoint answered 410 Gone", now)
+            elif schedule.should_disable(subscription.failing_since, now):
+                await self._disable(session, subscription, "every attempt failed for 5 days", now)
+
+    async def _disable(self, session, subscription: Subscription, reason: str, now) -> None:
+        if not subscription.enabled:
+            return
+        subscription.enabled, subscription.disabled_reason = False, reason
+        subscription.updated_at = now
+        log.warning("subscription %s disabled: %s", subscription.id, reason)
+        await record_event(
+            session,
+            self.signals,
+            tenant_id=subscription.tenant_id,
+            job_id=subscription.job_id,
+            type="subscription.disabled",
+            data={"id": str(subscription.id), "url": subscription.url, "reason": reason},
+            now=now,
+        )

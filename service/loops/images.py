@@ -1,0 +1,218 @@
+"""The image fetcher: BFL's signed URL dies after 10 minutes, so download it at once and keep it.
+
+`job.ready` is recorded only once the bytes are stored. A job the receiver leased to this
+process arrives by `handoff()` with no claim round-trip; anything else (a crash, another
+process's lease that expired, a retry that came due) is claimed from the table.
+"""
+
+import asyncio
+import logging
+import random
+import uuid
+from datetime import timedelta
+
+import anyio
+import httpx
+from sqlalchemy import or_
+from sqlmodel import select
+
+from service import jobs
+from service.bfl import BFLClient, BFLError
+from service.db import Database
+from service.events import record_event
+from service.images import ImageStore, sniff_content_type
+from service.loops.base import Loop
+from service.metrics import Metrics
+from service.models import Job
+from service.schedule import backoff_s
+from service.signals import Signals
+from service.updates import FETCH_LEASE
+from service.views import Urls, job_view
+
+log = logging.getLogger(__name__)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+# Past BFL's 10-minute URL window (and a fresh get_result's), the image is gone for good.
+GIVE_UP_AFTER = timedelta(minutes=15)
+CLAIM_BATCH = 32
+EXPIRED_STATUSES = (401, 403, 404, 410)
+
+
+class FetchFailed(Exception):
+    pass
+
+
+class UrlExpired(FetchFailed):
+    pass
+
+
+async def download(http: httpx.AsyncClient, url: str) -> tuple[bytes, str]:
+    """The image at `url`: bytes and content type. UrlExpired on 403/404, FetchFailed else."""
+    try:
+        async with http.stream("GET", url, timeout=httpx.Timeout(30.0)) as response:
+            if response.status_code in EXPIRED_STATUSES:
+                raise UrlExpired(f"image URL answered {response.status_code}")
+            if response.status_code != 200:
+                raise FetchFailed(f"image URL answered {response.status_code}")
+            data = await _read_limited(response)
+    except httpx.HTTPError as exc:
+        raise FetchFailed(f"image download failed: {type(exc).__name__}") from exc
+    content_type = sniff_content_type(data)
+    if content_type is None:
+        raise FetchFailed("the image URL did not return a JPEG, PNG or WebP image")
+    return data, content_type
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_IMAGE_BYTES:
+            raise FetchFailed(f"image larger than {MAX_IMAGE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ImageFetcher(Loop):
+    name = "images"
+    interval_s = 2.0
+
+    def __init__(
+        self,
+        db: Database,
+        signals: Signals,
+        clock,
+        http: httpx.AsyncClient,
+        bfl: BFLClient,
+        store: ImageStore,
+        urls: Urls,
+        metrics: Metrics,
+        concurrency: int = 16,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(signals)
+        self.db, self.clock, self.http, self.bfl = db, clock, http, bfl
+        self.store, self.urls, self.metrics = store, urls, metrics
+        self._limit = anyio.CapacityLimiter(concurrency)
+        self._handoffs: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._rng = rng or random.Random()
+
+    def handoff(self, job_id: uuid.UUID) -> None:
+        """The caller committed this job as Ready with a lease for this process."""
+        self._handoffs.put_nowait(job_id)
+
+    async def claim(self) -> list[uuid.UUID]:
+        """Handed-off jobs first (already leased to us), then due jobs from the table."""
+        handed = []
+        while not self._handoffs.empty():
+            handed.append(self._handoffs.get_nowait())
+        return handed + await self._claim_due()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._take_handoffs, tg)
+            await super().run()
+            tg.cancel_scope.cancel()
+
+    async def _take_handoffs(self, tg) -> None:
+        """A handoff starts at once rather than at the loop's next pass."""
+        while True:
+            tg.start_soon(self._tracked, await self._handoffs.get())
+
+    async def release(self, items: list[uuid.UUID]) -> None:
+        async with self.db.write() as session:
+            for job_id in items:
+                job = await session.get(Job, job_id, with_for_update=True)
+                if job is not None and job.status == jobs.READY and not job.image_stored:
+                    job.lease_expires_at = None
+
+    async def _claim_due(self) -> list[uuid.UUID]:
+        async with self.db.write() as session:
+            now = self.clock.now()
+            query = (
+                select(Job)
+                .where(Job.status == jobs.READY, ~Job.image_stored, Job.next_attempt_at <= now)
+                .where(or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now))
+                .order_by(Job.next_attempt_at)
+                .limit(CLAIM_BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            claimed = (await session.exec(query)).all()
+            for job in claimed:
+                job.lease_expires_at = now + FETCH_LEASE
+            return [job.id for job in claimed]
+
+    async def work(self, job_id: uuid.UUID) -> None:
+        async with self._limit:
+            async with self.db.read() as session:
+                job = await session.get(Job, job_id)
+            if job is None or job.status != jobs.READY or job.image_stored:
+                return
+            try:
+                data, content_type = await self._download(job)
+            except FetchFailed as exc:
+                self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
+                await self._retry_later(job_id, str(exc))
+                return
+            await self._store(job_id, data, content_type)
+
+    async def _download(self, job: Job) -> tuple[bytes, str]:
+        try:
+            return await download(self.http, job.sample_url)
+        except UrlExpired:
+            fresh = await self._fresh_sample(job)
+            return await download(self.http, fresh)
+
+    async def _fresh_sample(self, job: Job) -> str:
+        """An expired URL: a new get_result signs a new one."""
+        try:
+            update = jobs.parse_update(await self.bfl.get_result(job.bfl_id, job.polling_url))
+        except (BFLError, jobs.InvalidPayload) as exc:
+            raise FetchFailed(f"could not refresh the image URL: {exc}") from exc
+        if update.status != jobs.READY:
+            raise FetchFailed(f"BFL no longer reports the task Ready ({update.status})")
+        return update.result["sample"]
+
+    async def _store(self, job_id: uuid.UUID, data: bytes, content_type: str) -> None:
+        async with self.db.write() as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != jobs.READY or job.image_stored:
+                return  # another process stored it first
+            now = self.clock.now()
+            await self.store.save(session, job_id, data, content_type, now)
+            job.image_stored, job.finished_at, job.updated_at = True, now, now
+            job.lease_expires_at = None
+            await record_event(
+                session,
+                self.signals,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                type=jobs.EVENT_READY,
+                data=job_view(job, self.urls),
+                now=now,
+            )
+        self.metrics.images_stored.inc()
+
+    async def _retry_later(self, job_id: uuid.UUID, reason: str) -> None:
+        async with self.db.write() as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != jobs.READY or job.image_stored:
+                return
+            now = self.clock.now()
+            job.fetch_attempts += 1
+            job.lease_expires_at = None
+            if now - job.upstream_ready_at < GIVE_UP_AFTER:
+                delay = backoff_s(job.fetch_attempts, base_s=1.0, cap_s=30.0, rng=self._rng)
+                job.next_attempt_at = now + timedelta(seconds=delay)
+                log.warning("image fetch for job %s failed (%s); retrying", job_id, reason)
+                return
+            job.status, job.finished_at, job.updated_at = jobs.ERROR, now, now
+            job.details = {"error": f"the image could not be fetched from BFL: {reason}"}
+            await record_event(
+                session,
+                self.signals,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                type=jobs.EVENT_FAILED,
+                data=job_view(job, self.urls),
+                now=now,
+            )

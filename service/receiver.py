@@ -1,0 +1,97 @@
+"""`POST /webhooks/bfl/{token}`: BFL pushes task events here (DESIGN §4).
+
+Checks, in order, each failing with nothing changed: body ≤ 1 MiB (413); the token is a job
+id we signed (404); `X-Webhook-Secret` matches the job's derived secret under some rotation
+key (401); an `X-BFL-Signature`, if sent, matches the raw body (401); the body is one of BFL's
+payloads (400, with the reason). Then one transaction applies it through the state machine;
+duplicates and late events are acknowledged (200) and change nothing. The image download
+happens after the response.
+"""
+
+import json
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service import jobs
+from service.api.http import MIB, error, read_body, services
+from service.models import Job
+from service.signing import bfl_signature_matches
+from service.updates import apply_update
+
+log = logging.getLogger(__name__)
+
+
+def _reject(svc, status_code: int, reason: str, detail: str):
+    svc.metrics.webhooks_rejected.inc(reason=reason)
+    return error(status_code, detail)
+
+
+async def receive(request: Request) -> JSONResponse:
+    svc = services(request)
+    body = await _bounded_body(request, svc)
+    job_id = svc.signing.job_id_from_webhook_token(request.path_params["token"])
+    if job_id is None:
+        raise _reject(svc, 404, "bad_token", "unknown webhook")
+    _verify(request, svc, job_id, body)
+    update = _parse(svc, body)
+    async with svc.db.write() as session:
+        job = await session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise _reject(svc, 404, "unknown_job", "unknown webhook")
+        fetch_here = svc.fetcher is not None
+        applied = await apply_update(
+            session,
+            svc.signals,
+            svc.urls,
+            job,
+            update,
+            via="webhook",
+            now=svc.clock.now(),
+            fetch_here=fetch_here,
+        )
+    return _acknowledge(svc, job_id, applied, fetch_here)
+
+
+async def _bounded_body(request: Request, svc) -> bytes:
+    try:
+        return await read_body(request, MIB)
+    except HTTPException:
+        svc.metrics.webhooks_rejected.inc(reason="too_large")
+        raise
+
+
+def _verify(request: Request, svc, job_id, body: bytes) -> None:
+    given = request.headers.get("x-webhook-secret")
+    if not given:
+        raise _reject(svc, 401, "missing_secret", "X-Webhook-Secret is missing")
+    if not svc.signing.webhook_secret_matches(job_id, given):
+        raise _reject(svc, 401, "wrong_secret", "X-Webhook-Secret does not match")
+    signature = request.headers.get("x-bfl-signature")
+    if signature is not None and not bfl_signature_matches(given, body, signature):
+        raise _reject(svc, 401, "bad_signature", "X-BFL-Signature does not match the body")
+
+
+def _parse(svc, body: bytes) -> jobs.BflUpdate:
+    try:
+        update = jobs.parse_update(json.loads(body))
+    except ValueError as exc:  # InvalidPayload is a ValueError, and so is bad JSON
+        reason = str(exc) if isinstance(exc, jobs.InvalidPayload) else "body is not JSON"
+        raise _reject(svc, 400, "bad_payload", reason) from None
+    if update.status == jobs.TASK_NOT_FOUND:
+        raise _reject(svc, 400, "bad_payload", "'Task not found' is not a task event")
+    return update
+
+
+def _acknowledge(svc, job_id, applied, fetch_here: bool) -> JSONResponse:
+    if applied.change is None:
+        svc.metrics.webhooks_received.inc(outcome="ignored")
+        return JSONResponse({"status": "ignored"})
+    svc.metrics.webhooks_received.inc(outcome="applied")
+    if applied.change.status in jobs.TERMINAL:
+        svc.metrics.jobs_completed.inc(via="webhook")
+    if applied.needs_image and fetch_here:
+        svc.fetcher.handoff(job_id)
+    return JSONResponse({"status": "applied"})

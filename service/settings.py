@@ -1,0 +1,145 @@
+"""Settings from the environment (12-factor), built by `create_app` or the CLI, never at import."""
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./fluxhook.db"
+DEFAULT_BFL_API_URL = "https://api.bfl.ai"
+# Where the embedded emulator is mounted in emulator mode (no BFL_API_KEY).
+EMULATOR_PREFIX = "/emulator"
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Heroku's `postgres://` and plain `postgresql://` or `sqlite://` URLs → async drivers."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(f"DATABASE_URL is not a URL: {url!r}")
+    drivers = {
+        "postgres": "postgresql+psycopg",
+        "postgresql": "postgresql+psycopg",
+        "postgresql+psycopg": "postgresql+psycopg",
+        "sqlite": "sqlite+aiosqlite",
+        "sqlite+aiosqlite": "sqlite+aiosqlite",
+    }
+    if scheme not in drivers:
+        raise SettingsError(f"DATABASE_URL: unsupported scheme {scheme!r} (use postgres or sqlite)")
+    return f"{drivers[scheme]}://{rest}"
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, kind=int):
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return number
+
+
+def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
+def _poll_host_url(host: str) -> str:
+    """BFL_POLL_HOSTS takes bare hosts (`api.eu.bfl.ai`) or base URLs."""
+    url = host if "://" in host else f"https://{host}"
+    return url.rstrip("/")
+
+
+def _image_store(value: str) -> str:
+    if value == "db" or (value.startswith("fs:") and len(value) > 3):
+        return value
+    raise SettingsError(f"IMAGE_STORE must be 'db' or 'fs:PATH', not {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    port: int = 8000
+    public_url: str = "http://127.0.0.1:8000"
+    secret_keys: tuple[str, ...] = ()
+    bfl_api_key: str | None = None
+    bfl_api_url: str = DEFAULT_BFL_API_URL
+    bfl_poll_hosts: tuple[str, ...] = ()
+    bfl_max_active: int = 24
+    bfl_max_active_kontext_max: int = 6
+    bfl_timeout_s: float = 30.0
+    run_workers: bool = True
+    allow_private_targets: bool = False
+    log_format: str = "text"
+    log_level: str = "INFO"
+    image_store: str = "db"
+    image_url_ttl_s: int = 7 * 24 * 3600  # 7 days: result.sample links stay usable a week
+    db_pool_size: int = 5  # small PostgreSQL plans allow ~20 connections in all
+    reconcile_interval_s: float = 10.0
+    delivery_timeout_s: float = 10.0
+
+    @property
+    def emulator_mode(self) -> bool:
+        """No BFL key: the embedded emulator is the upstream."""
+        return self.bfl_api_key is None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        port = _number(env, "PORT", 8000)
+        public_url = (env.get("PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/")
+        bfl_api_key = env.get("BFL_API_KEY") or None
+        default_upstream = (
+            public_url + EMULATOR_PREFIX if bfl_api_key is None else DEFAULT_BFL_API_URL
+        )
+        on_paas = "DYNO" in env
+        return cls(
+            database_url=normalise_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            port=port,
+            public_url=public_url,
+            secret_keys=_list(env, "SECRET_KEY"),
+            bfl_api_key=bfl_api_key,
+            bfl_api_url=(env.get("BFL_API_URL") or default_upstream).rstrip("/"),
+            bfl_poll_hosts=tuple(_poll_host_url(h) for h in _list(env, "BFL_POLL_HOSTS")),
+            bfl_max_active=_number(env, "BFL_MAX_ACTIVE", 24),
+            bfl_max_active_kontext_max=_number(env, "BFL_MAX_ACTIVE_KONTEXT_MAX", 6),
+            bfl_timeout_s=_number(env, "BFL_TIMEOUT_S", 30.0, float),
+            run_workers=_bool(env, "RUN_WORKERS", True),
+            allow_private_targets=_bool(env, "ALLOW_PRIVATE_TARGETS", bfl_api_key is None),
+            log_format=_log_format(env, on_paas),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            image_store=_image_store(env.get("IMAGE_STORE") or "db"),
+            image_url_ttl_s=_number(env, "IMAGE_URL_TTL_S", 7 * 24 * 3600),
+            db_pool_size=_number(env, "DB_POOL_SIZE", 5),
+            reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
+            delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
+        )
+
+
+def _log_format(environ: Mapping[str, str], on_paas: bool) -> str:
+    value = (environ.get("LOG_FORMAT") or "").strip().lower()
+    if not value:
+        return "json" if on_paas or not sys.stdout.isatty() else "text"
+    if value not in {"json", "text"}:
+        raise SettingsError(f"LOG_FORMAT must be json or text, not {value!r}")
+    return value

@@ -1,0 +1,45 @@
+"""Wake-ups for the background loops and the hub.
+
+A commit that gives a loop work wakes it at once instead of at its next poll. In-process the
+wake is an event; on PostgreSQL a NOTIFY in the same transaction also wakes the loops of every
+other process (the hub's listener turns it back into a local wake).
+"""
+
+import asyncio
+from collections import defaultdict
+
+import sqlalchemy as sa
+from sqlalchemy import func
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.db import on_commit
+
+WAKE_CHANNEL = "fluxhook_wake"
+
+
+class Signals:
+    def __init__(self, postgres: bool) -> None:
+        self._postgres = postgres
+        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def wake(self, name: str) -> None:
+        self._events[name].set()
+
+    async def wait(self, name: str, timeout_s: float) -> bool:
+        """Wait for a wake-up or the timeout; True if woken. Clears the wake-up."""
+        event = self._events[name]
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            return False
+        finally:
+            event.clear()
+        return True
+
+    async def after_commit(self, session: AsyncSession, *names: str) -> None:
+        """Wake `names` here once the session commits, and (PostgreSQL) in every process."""
+        for name in names:
+            on_commit(session, lambda name=name: self.wake(name))
+            if self._postgres:
+                await session.exec(sa.select(func.pg_notify(WAKE_CHANNEL, name)))

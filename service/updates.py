@@ -1,0 +1,84 @@
+"""Apply what BFL says about a task to its job: one path for the receiver and the reconciler.
+
+Runs inside the caller's write transaction: the job's new state, its event and the deliveries
+owed for it commit together.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service import jobs
+from service.events import record_event
+from service.models import Job
+from service.signals import Signals
+from service.views import Urls, job_view
+
+# How long one process may hold a job it is fetching the image for before another may try.
+FETCH_LEASE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Applied:
+    change: jobs.Change | None
+
+    @property
+    def needs_image(self) -> bool:
+        return self.change is not None and self.change.status == jobs.READY
+
+
+async def apply_update(
+    session: AsyncSession,
+    signals: Signals,
+    urls: Urls,
+    job: Job,
+    update: jobs.BflUpdate,
+    *,
+    via: str,
+    now: datetime,
+    fetch_here: bool = False,
+) -> Applied:
+    """`via` is `webhook` or `reconciler`; `fetch_here` leases the image fetch to this process."""
+    if job.bfl_id is None:
+        job.bfl_id = update.task_id  # a webhook can arrive before the submit response
+    change = jobs.transition(job.status, job.progress, update)
+    if change is None:
+        return Applied(None)
+    job.status, job.progress, job.updated_at = change.status, change.progress, now
+    if change.status in jobs.TERMINAL:
+        await _finish_upstream(session, signals, job, update, via, now, fetch_here)
+    if change.event:
+        data = job_view(job, urls)
+        await record_event(
+            session,
+            signals,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            type=change.event,
+            data=data,
+            now=now,
+        )
+    return Applied(change)
+
+
+async def _finish_upstream(
+    session, signals, job: Job, update: jobs.BflUpdate, via: str, now, fetch_here: bool
+) -> None:
+    """BFL is done with the task: free its slot; a Ready still owes us the image."""
+    job.holds_slot = False
+    job.completed_via = via
+    job.details = update.details
+    if update.cost is not None:
+        job.cost = update.cost
+    if job.status == jobs.READY:
+        job.sample_url = update.result["sample"]
+        job.result = {k: v for k, v in update.result.items() if k != "sample"}
+        job.upstream_ready_at = now
+        job.next_attempt_at = now
+        job.lease_expires_at = now + FETCH_LEASE if fetch_here else None
+        await signals.after_commit(session, "admission", "images")
+        return
+    job.lease_expires_at = None
+    job.finished_at = now
+    await signals.after_commit(session, "admission")
