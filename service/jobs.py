@@ -81,12 +81,13 @@ def parse_update(payload: Any) -> BflUpdate:
     """A webhook or get_result body → BflUpdate, or InvalidPayload with the reason."""
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
+    task_id = _task_id(payload)
     status = _status(payload.get("status"))
     result = _optional_object(payload, "result")
     if status == READY:
         _require_sample(result)
     return BflUpdate(
-        task_id=_task_id(payload),
+        task_id=task_id,
         status=status,
         progress=_progress(payload.get("progress")),
         result=result,

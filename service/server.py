@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-# 25 s: under Heroku's 30 s between SIGTERM and SIGKILL, with room to exit.
-GRACEFUL_TIMEOUT_S = 25.0
+# Heroku sends SIGKILL 30 s after SIGTERM: 10 s for open requests to finish, then the
+# lifespan's own 10 s for background work (service.runtime), with room to exit.
+GRACEFUL_TIMEOUT_S = 10.0
 
 
 def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -20,26 +21,32 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def hypercorn_config(sock: socket.socket) -> Config:
+def hypercorn_config(sock: socket.socket, graceful_timeout_s: float = GRACEFUL_TIMEOUT_S) -> Config:
     """Hypercorn's settings; it takes ownership of `sock` (and closes it on shutdown)."""
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = "-"
-    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = 75.0  # longer than the PaaS router's idle timeout (55 s)
     config.include_server_header = False
     config.startup_timeout = 60.0
-    config.shutdown_timeout = GRACEFUL_TIMEOUT_S
+    config.shutdown_timeout = 15.0  # the lifespan drains background work for up to 10 s
     return config
 
 
-async def serve(app, sock: socket.socket, shutdown_trigger: Callable[[], Awaitable]) -> None:
+async def serve(
+    app,
+    sock: socket.socket,
+    shutdown_trigger: Callable[[], Awaitable],
+    graceful_timeout_s: float = GRACEFUL_TIMEOUT_S,
+) -> None:
     """Serve `app` on `sock` until `shutdown_trigger` returns, then shut down gracefully.
 
     Read the address (`base_url(sock)`) before calling: hypercorn takes the socket over.
     """
-    await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=shutdown_trigger)
+    config = hypercorn_config(sock, graceful_timeout_s)
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
 
 
 def base_url(sock: socket.socket) -> str:

@@ -93,6 +93,7 @@ class Settings:
     db_pool_size: int = 5  # small PostgreSQL plans allow ~20 connections in all
     reconcile_interval_s: float = 10.0
     delivery_timeout_s: float = 10.0
+    sse_heartbeat_s: float = 15.0  # PaaS routers cut a stream idle for 55 s
 
     @property
     def emulator_mode(self) -> bool:
@@ -133,6 +134,7 @@ class Settings:
             db_pool_size=_number(env, "DB_POOL_SIZE", 5),
             reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
             delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
+            sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
         )
 
 

@@ -1,8 +1,10 @@
 """End to end: fluxhook and the emulator each under hypercorn; jobs finish by webhook alone."""
 
+import anyio
 import httpx
 import pytest
 
+from tests.support import official_client
 from tests.support.stack import running_emulator, running_stack
 
 FAST = {"time_scale": 0.01}
@@ -47,3 +49,44 @@ async def test_failures_and_moderation_end_in_their_state(sqlite_url, marker, st
         assert result["status"] == status
         assert result["result"] is None
         assert result["details"]
+
+
+SCENARIOS = {
+    "legacy dialect": {"dialect": "legacy"},
+    "progress events": {"progress_events": True},
+    "duplicate webhooks": {"duplicate_webhooks": 1.0},
+    "progress after the terminal event": {"progress_events": True, "reorder": True},
+    "webhook before the submit response": {"webhook_before_response": True},
+    "signed webhooks": {"signature_header": True},
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_webhook_scenarios_end_ready_with_one_ready_event(database_url, scenario):
+    config = FAST | SCENARIOS[scenario]
+    async with (
+        running_emulator(**config) as emulator,
+        running_stack(database_url, emulator) as stack,
+    ):
+        job = await stack.submit("flux-dev", prompt="a heron", width=256, height=256)
+        assert (await stack.settled(job["id"]))["status"] == "Ready"
+        detail = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+        types = [e["type"] for e in detail["events"]]
+        assert types.count("job.ready") == 1
+        assert types[-1] == "job.ready"
+        if scenario.startswith("progress"):
+            progress = [e["progress"] for e in detail["events"] if e["type"] == "job.progress"]
+            assert progress and progress == sorted(progress)
+        assert (await emulator.stats())["get_result"] == 0
+
+
+async def test_official_bfl_client_generates_through_fluxhook(sqlite_url):
+    async with running_emulator(**FAST) as emulator, running_stack(sqlite_url, emulator) as stack:
+        inputs = {"prompt": "a lighthouse", "width": 512, "height": 512}
+        result = await anyio.to_thread.run_sync(
+            official_client.generate, stack.key, stack.url, "flux-dev", inputs
+        )
+        async with httpx.AsyncClient() as http:
+            image = await http.get(result.result["sample"])
+        assert image.headers["content-type"] == "image/jpeg"
+        assert image.content.startswith(b"\xff\xd8\xff")

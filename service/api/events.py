@@ -4,7 +4,8 @@ Each message's `id:` is the event's `job_events` sequence number. A client that 
 `Last-Event-ID` (header, or `?last_event_id=` for EventSource-less clients) first gets what it
 missed, read from the table, then the live stream; every event exactly once, in order.
 `/v1/events` without an id starts from now; a job's stream without one replays the job's
-whole history. A comment every 15 s keeps PaaS routers from closing an idle stream.
+whole history. A comment every 15 s (SSE_HEARTBEAT_S) keeps PaaS routers from closing an
+idle stream.
 """
 
 import uuid
@@ -20,7 +21,6 @@ from service.api.jobs import tenant_job
 from service.hub import CLOSED, RESYNC, StreamEvent
 from service.models import JobEvent
 
-HEARTBEAT_S = 15.0
 REPLAY_BATCH = 500
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -75,7 +75,7 @@ async def _events(svc, tenant_id, job_id, last: int) -> AsyncIterator[str]:
                 async for event in _replay(svc, tenant_id, job_id, last):
                     last = event.seq
                     yield format_event(event)
-                async for chunk, seq in _live(listener, last):
+                async for chunk, seq in _live(listener, last, svc.settings.sse_heartbeat_s):
                     last = seq or last
                     yield chunk
                 if svc.hub.closed:
@@ -84,10 +84,10 @@ async def _events(svc, tenant_id, job_id, last: int) -> AsyncIterator[str]:
             svc.metrics.sse_clients.inc(-1)
 
 
-async def _live(listener, last: int) -> AsyncIterator[tuple[str, int | None]]:
+async def _live(listener, last: int, heartbeat_s: float) -> AsyncIterator[tuple[str, int | None]]:
     """Live events after `last`, heartbeats when idle; stops to resync or at shutdown."""
     while True:
-        item = await listener.next(HEARTBEAT_S)
+        item = await listener.next(heartbeat_s)
         if item is None:
             yield ": heartbeat\n\n", None
         elif item is RESYNC or item is CLOSED:

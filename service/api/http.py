@@ -24,16 +24,22 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 as soon as it passes `limit` bytes (never buffered beyond it)."""
+    """The body, or 413 once it passes `limit` bytes. What follows the limit is read and
+    dropped (up to `limit` more), so the client is still reading when the 413 arrives;
+    beyond that the connection is cut."""
+    too_large = error(413, f"request body larger than {limit} bytes")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise error(413, f"request body larger than {limit} bytes")
+    if declared and declared.isdigit() and int(declared) > 2 * limit:
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise error(413, f"request body larger than {limit} bytes")
-        chunks.append(chunk)
+        if size > 2 * limit:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise too_large
     return b"".join(chunks)
 
 

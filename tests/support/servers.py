@@ -17,7 +17,8 @@ async def running_server(app, sock: socket.socket | None = None) -> AsyncIterato
     url = base_url(sock)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(serve, app, sock, stop.wait)
+        # Requests still open at the end of a test (a stalled subscriber) get 1 s.
+        tg.start_soon(serve, app, sock, stop.wait, 1.0)
         try:
             await _started(url)
             yield url
