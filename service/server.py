@@ -1,5 +1,6 @@
 """Run an ASGI app under hypercorn: the one way the CLI, the tests and the benchmarks serve."""
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -26,7 +27,7 @@ def hypercorn_config(sock: socket.socket, graceful_timeout_s: float = GRACEFUL_T
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
-    config.errorlog = "-"
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our log format
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = 75.0  # longer than the PaaS router's idle timeout (55 s)
     config.include_server_header = False

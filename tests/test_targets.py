@@ -10,7 +10,7 @@ from tests.support.subscriber import running_subscriber
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1",
-     "fe80::1", "fd00:ec2::254", "224.0.0.1", "0.0.0.0", "100.64.0.1", "::ffff:127.0.0.1",
+     "fe80::1", "fd00:ec2::254", "224.0.0.1", "0.0.0.0", "100.64.0.1", "::ffff:127.0.0.1",  # noqa: S104
      "100.100.100.200"],
 )  # fmt: skip
 def test_private_and_metadata_addresses_are_forbidden(address):
@@ -55,7 +55,7 @@ async def test_a_name_rebound_to_the_metadata_address_is_refused():
         return ["169.254.169.254"] if host == "innocent.example" else ["127.0.0.1"]
 
     async with _client(rebinding) as client:
-        with pytest.raises(httpx.ConnectError, match="metadata|link-local"):
+        with pytest.raises(httpx.ConnectError, match=r"metadata|link-local"):
             await client.post("http://innocent.example/hook", content=b"{}")
 
 
