@@ -48,10 +48,10 @@ CLOSED = object()  # sentinel: the hub is shutting down
 
 
 class Listener:
-    def __init__(self, tenant_id: uuid.UUID, job_id: uuid.UUID | None) -> None:
+    def __init__(self, tenant_id: uuid.UUID, job_id: uuid.UUID | None, backlog: int) -> None:
         self.tenant_id = tenant_id
         self.job_id = job_id
-        self._queue: asyncio.Queue = asyncio.Queue(LISTENER_BACKLOG)
+        self._queue: asyncio.Queue = asyncio.Queue(backlog)
         self._resync_pending = False
 
     def offer(self, event: StreamEvent) -> None:
@@ -90,8 +90,9 @@ class Listener:
 
 
 class Hub:
-    def __init__(self, db: Database, signals: Signals) -> None:
+    def __init__(self, db: Database, signals: Signals, backlog: int = LISTENER_BACKLOG) -> None:
         self._db = db
+        self._backlog = backlog
         self._signals = signals
         self._listeners: dict[uuid.UUID, set[Listener]] = defaultdict(set)
         self._cursor: int | None = None
@@ -103,7 +104,7 @@ class Hub:
 
     @contextlib.contextmanager
     def listen(self, tenant_id: uuid.UUID, job_id: uuid.UUID | None = None) -> Iterator[Listener]:
-        listener = Listener(tenant_id, job_id)
+        listener = Listener(tenant_id, job_id, self._backlog)
         if self.closed:
             listener.close()
         self._listeners[tenant_id].add(listener)
@@ -146,9 +147,7 @@ class Hub:
         """SQLite: publish the rows committed since the last call, in sequence order."""
         async with self._db.read() as session:
             if self._cursor is None:
-                self._cursor = (
-                    await session.exec(sa.select(sa.func.max(JobEvent.seq)))
-                ).scalar()
+                self._cursor = (await session.exec(sa.select(sa.func.max(JobEvent.seq)))).scalar()
                 self._cursor = self._cursor or 0
                 return
             query = select(JobEvent).where(JobEvent.seq > self._cursor).order_by(JobEvent.seq)

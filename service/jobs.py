@@ -64,7 +64,7 @@ class BflUpdate:
 class Change:
     status: str
     progress: float | None
-    event: str | None  # the event type to record now, if any
+    events: tuple[str, ...]  # the event types to record now, in order
 
 
 def event_for(status: str) -> str:
@@ -153,19 +153,22 @@ def transition(status: str, progress: float | None, update: BflUpdate) -> Change
     """What an update does to a job: None when it changes nothing.
 
     Terminal states never change: duplicates and late or contradictory events are ignored.
-    Progress only moves forward. `Ready` records no event: `job.ready` waits for the image.
+    Progress only moves forward. A job leaving `Queued` announces `job.submitted` first, even
+    when BFL's webhook beat the submit response. `Ready` records no event of its own:
+    `job.ready` waits for the stored image.
     """
     if status in TERMINAL or update.status == TASK_NOT_FOUND:
         return None
+    submitted = (EVENT_SUBMITTED,) if status == QUEUED else ()
     if update.status in TERMINAL:
-        event = None if update.status == READY else event_for(update.status)
-        return Change(status=update.status, progress=progress, event=event)
+        own = () if update.status == READY else (event_for(update.status),)
+        return Change(status=update.status, progress=progress, events=submitted + own)
     target = max(status, update.status, key=_RANK.__getitem__)
     moved = progress if update.progress is None else max(progress or 0.0, update.progress)
     if target == status and moved == progress:
         return None
-    event = EVENT_SUBMITTED if target == PENDING else EVENT_PROGRESS
-    return Change(status=target, progress=moved, event=event)
+    own = (EVENT_PROGRESS,) if target == PROCESSING else ()
+    return Change(status=target, progress=moved, events=submitted + own)
 
 
 def bfl_status(status: str, image_stored: bool) -> str:

@@ -2,6 +2,7 @@
 request id and job id in context. Nothing here logs headers or bodies, so no secret or key
 reaches a log line; paths with tokens in them are shortened."""
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -9,6 +10,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
@@ -54,6 +56,16 @@ def configure(log_format: str, level: str = "INFO", stream=None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full URLs
+
+
+@contextlib.contextmanager
+def job_context(value) -> Iterator[None]:
+    """Log lines inside carry this job id."""
+    token = job_id.set(str(value))
+    try:
+        yield
+    finally:
+        job_id.reset(token)
 
 
 def safe_path(path: str) -> str:

@@ -78,6 +78,7 @@ class Job(SQLModel, table=True):
     slot_class: str = Field(max_length=32)
     holds_slot: bool = Field(default=False, index=True)
     submit_attempts: int = 0
+    admitted_at: datetime | None = _time()  # first given an upstream slot (FIFO by created_at)
     next_attempt_at: datetime | None = _time()
     lease_expires_at: datetime | None = _time()
     bfl_id: str | None = Field(default=None, max_length=64, index=True)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service import jobs
+from service import jobs, logs
 from service.api.http import MIB, error, read_body, services
 from service.models import Job
 from service.signing import bfl_signature_matches
@@ -35,13 +35,18 @@ async def receive(request: Request) -> JSONResponse:
     job_id = svc.signing.job_id_from_webhook_token(request.path_params["token"])
     if job_id is None:
         raise _reject(svc, 404, "bad_token", "unknown webhook")
+    with logs.job_context(job_id):
+        return await _receive(request, svc, job_id, body)
+
+
+async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
     _verify(request, svc, job_id, body)
     update = _parse(svc, body)
     async with svc.db.write() as session:
         job = await session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise _reject(svc, 404, "unknown_job", "unknown webhook")
-        fetch_here = svc.fetcher is not None
+        fetch_lease = svc.fetcher.lease if svc.fetcher else None
         applied = await apply_update(
             session,
             svc.signals,
@@ -50,9 +55,9 @@ async def receive(request: Request) -> JSONResponse:
             update,
             via="webhook",
             now=svc.clock.now(),
-            fetch_here=fetch_here,
+            fetch_lease=fetch_lease,
         )
-    return _acknowledge(svc, job_id, applied, fetch_here)
+    return _acknowledge(svc, job_id, applied)
 
 
 async def _bounded_body(request: Request, svc) -> bytes:
@@ -85,13 +90,14 @@ def _parse(svc, body: bytes) -> jobs.BflUpdate:
     return update
 
 
-def _acknowledge(svc, job_id, applied, fetch_here: bool) -> JSONResponse:
+def _acknowledge(svc, job_id, applied) -> JSONResponse:
     if applied.change is None:
         svc.metrics.webhooks_received.inc(outcome="ignored")
         return JSONResponse({"status": "ignored"})
     svc.metrics.webhooks_received.inc(outcome="applied")
     if applied.change.status in jobs.TERMINAL:
         svc.metrics.jobs_completed.inc(via="webhook")
-    if applied.needs_image and fetch_here:
+        log.info("BFL finished the job: %s (webhook)", applied.change.status)
+    if applied.needs_image and svc.fetcher:
         svc.fetcher.handoff(job_id)
     return JSONResponse({"status": "applied"})

@@ -87,7 +87,13 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
     limits = Limits(total=s.bfl_max_active, kontext_max=s.bfl_max_active_kontext_max)
     common = {"db": svc.db, "signals": svc.signals, "clock": svc.clock}
     svc.fetcher = ImageFetcher(
-        **common, http=http, bfl=svc.bfl, store=svc.images, urls=svc.urls, metrics=svc.metrics
+        **common,
+        http=http,
+        bfl=svc.bfl,
+        store=svc.images,
+        urls=svc.urls,
+        metrics=svc.metrics,
+        timeout_s=s.image_fetch_timeout_s,
     )
     svc.loops = [
         Admission(
@@ -97,6 +103,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
             urls=svc.urls,
             metrics=svc.metrics,
             limits=limits,
+            slack_s=s.reconcile_slack_s,
         ),
         svc.fetcher,
         Dispatcher(

@@ -92,7 +92,9 @@ class Settings:
     image_url_ttl_s: int = 7 * 24 * 3600  # 7 days: result.sample links stay usable a week
     db_pool_size: int = 5  # small PostgreSQL plans allow ~20 connections in all
     reconcile_interval_s: float = 10.0
+    reconcile_slack_s: float = 30.0  # a webhook is overdue at expected latency × 2 + this
     delivery_timeout_s: float = 10.0
+    image_fetch_timeout_s: float = 30.0
     sse_heartbeat_s: float = 15.0  # PaaS routers cut a stream idle for 55 s
 
     @property
@@ -133,7 +135,9 @@ class Settings:
             image_url_ttl_s=_number(env, "IMAGE_URL_TTL_S", 7 * 24 * 3600),
             db_pool_size=_number(env, "DB_POOL_SIZE", 5),
             reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
+            reconcile_slack_s=_number(env, "RECONCILE_SLACK_S", 30.0, float),
             delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
+            image_fetch_timeout_s=_number(env, "IMAGE_FETCH_TIMEOUT_S", 30.0, float),
             sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
         )
 

@@ -15,9 +15,6 @@ from service.models import Job
 from service.signals import Signals
 from service.views import Urls, job_view
 
-# How long one process may hold a job it is fetching the image for before another may try.
-FETCH_LEASE = timedelta(seconds=60)
-
 
 @dataclass(frozen=True)
 class Applied:
@@ -37,9 +34,10 @@ async def apply_update(
     *,
     via: str,
     now: datetime,
-    fetch_here: bool = False,
+    fetch_lease: timedelta | None = None,
 ) -> Applied:
-    """`via` is `webhook` or `reconciler`; `fetch_here` leases the image fetch to this process."""
+    """`via` is `webhook` or `reconciler`. With `fetch_lease`, a Ready's image fetch is leased
+    to this process (which then fetches at once, without a claim round-trip)."""
     if job.bfl_id is None:
         job.bfl_id = update.task_id  # a webhook can arrive before the submit response
     change = jobs.transition(job.status, job.progress, update)
@@ -47,23 +45,22 @@ async def apply_update(
         return Applied(None)
     job.status, job.progress, job.updated_at = change.status, change.progress, now
     if change.status in jobs.TERMINAL:
-        await _finish_upstream(session, signals, job, update, via, now, fetch_here)
-    if change.event:
-        data = job_view(job, urls)
+        await _finish_upstream(session, signals, job, update, via, now, fetch_lease)
+    for event_type in change.events:
         await record_event(
             session,
             signals,
             tenant_id=job.tenant_id,
             job_id=job.id,
-            type=change.event,
-            data=data,
+            type=event_type,
+            data=job_view(job, urls),
             now=now,
         )
     return Applied(change)
 
 
 async def _finish_upstream(
-    session, signals, job: Job, update: jobs.BflUpdate, via: str, now, fetch_here: bool
+    session, signals, job: Job, update: jobs.BflUpdate, via: str, now, fetch_lease
 ) -> None:
     """BFL is done with the task: free its slot; a Ready still owes us the image."""
     job.holds_slot = False
@@ -76,7 +73,7 @@ async def _finish_upstream(
         job.result = {k: v for k, v in update.result.items() if k != "sample"}
         job.upstream_ready_at = now
         job.next_attempt_at = now
-        job.lease_expires_at = now + FETCH_LEASE if fetch_here else None
+        job.lease_expires_at = now + fetch_lease if fetch_lease else None
         await signals.after_commit(session, "admission", "images")
         return
     job.lease_expires_at = None

@@ -67,6 +67,7 @@ def job_view(job: Job, urls: Urls) -> dict:
         "output_mp": job.output_mp,
         "completed_via": job.completed_via,
         "created_at": _time(job.created_at),
+        "admitted_at": _time(job.admitted_at),
         "submitted_at": _time(job.submitted_at),
         "finished_at": _time(job.finished_at),
         "polling_url": urls.polling(job.id),

@@ -67,25 +67,34 @@ def test_terminal_states_never_change():
 
 def test_ready_records_no_event_until_the_image_is_stored():
     change = transition(jobs.PENDING, None, BflUpdate("t", jobs.READY, result=SAMPLE))
-    assert (change.status, change.event) == (jobs.READY, None)
+    assert (change.status, change.events) == (jobs.READY, ())
 
 
 def test_failures_and_moderation_announce_themselves():
-    assert transition(jobs.PENDING, None, BflUpdate("t", jobs.ERROR)).event == "job.failed"
+    assert transition(jobs.PENDING, None, BflUpdate("t", jobs.ERROR)).events == ("job.failed",)
     for status in (jobs.REQUEST_MODERATED, jobs.CONTENT_MODERATED):
-        assert transition(jobs.QUEUED, None, BflUpdate("t", status)).event == "job.moderated"
+        change = transition(jobs.PENDING, None, BflUpdate("t", status))
+        assert change.events == ("job.moderated",)
 
 
 def test_progress_only_moves_forward():
     change = transition(jobs.PENDING, None, BflUpdate("t", jobs.PROCESSING, progress=0.5))
-    assert (change.status, change.progress, change.event) == (jobs.PROCESSING, 0.5, "job.progress")
+    assert (change.status, change.progress, change.events) == (
+        jobs.PROCESSING,
+        0.5,
+        ("job.progress",),
+    )
     assert transition(jobs.PROCESSING, 0.5, BflUpdate("t", jobs.PROCESSING, progress=0.3)) is None
     assert transition(jobs.PROCESSING, 0.5, BflUpdate("t", jobs.PENDING)) is None
 
 
-def test_a_webhook_before_the_submit_response_moves_a_queued_job():
+def test_a_webhook_before_the_submit_response_still_announces_the_submit():
     change = transition(jobs.QUEUED, None, BflUpdate("t", jobs.PENDING))
-    assert (change.status, change.event) == (jobs.PENDING, "job.submitted")
+    assert (change.status, change.events) == (jobs.PENDING, ("job.submitted",))
+    ready = transition(jobs.QUEUED, None, BflUpdate("t", jobs.READY, result=SAMPLE))
+    assert ready.events == ("job.submitted",)
+    failed = transition(jobs.QUEUED, None, BflUpdate("t", jobs.ERROR))
+    assert failed.events == ("job.submitted", "job.failed")
 
 
 def test_statuses_shown_to_clients():

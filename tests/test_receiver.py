@@ -131,7 +131,7 @@ async def test_duplicates_and_late_events_are_acknowledged_and_ignored(stack):
     job = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
     assert job["status"] == "Error"
     assert job["details"] == {"error": "boom"}
-    assert [e["type"] for e in job["events"]] == ["job.progress", "job.failed"]
+    assert [e["type"] for e in job["events"]] == ["job.submitted", "job.progress", "job.failed"]
 
 
 async def test_legacy_dialect_words_map_to_ours(stack):

@@ -8,6 +8,7 @@ this job's callback, which fluxhook sends itself.
 
 import hashlib
 import json
+import logging
 import uuid
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service import catalog, jobs
+from service import catalog, jobs, logs
 from service.api.auth import authenticate
 from service.api.http import error, read_body, services
 from service.api.jobs import load_job, wait_for_terminal
@@ -24,6 +25,7 @@ from service.models import IdempotencyKey, Job, Subscription
 from service.targets import check_target_url
 from service.views import bfl_result, submit_response
 
+log = logging.getLogger(__name__)
 SUBMIT_BODY_LIMIT = 32 * 1024 * 1024  # base64 input images: BFL takes up to 20 MB each
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_WAIT_S = 25  # under the PaaS router's 30 s request timeout
@@ -105,6 +107,8 @@ async def _create(svc, tenant_id, spec, inputs, callback, key, request_hash) -> 
             )
         await svc.signals.after_commit(session, "admission")
     svc.metrics.jobs_submitted.inc(model=spec.name)
+    with logs.job_context(response["id"]):
+        log.info("job accepted (%s)", spec.name)
     return response
 
 

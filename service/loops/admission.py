@@ -24,7 +24,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from service import bfl as upstream
-from service import catalog, jobs
+from service import catalog, jobs, logs
 from service.db import Database
 from service.events import record_event
 from service.loops.base import Loop
@@ -38,7 +38,6 @@ from service.views import Urls, job_view
 log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x466C7578_01  # pg advisory lock: one admission claim at a time, all processes
 KONTEXT_MAX = "flux-kontext-max"
-WEBHOOK_SLACK = timedelta(seconds=30)
 GIVE_UP_AFTER = timedelta(hours=1)  # upstream failing this long fails the job
 RETRYABLE = (upstream.BFLRateLimited, upstream.BFLServerError, upstream.BFLUnavailable)
 
@@ -49,11 +48,11 @@ class Limits:
     kontext_max: int = 6
 
 
-def webhook_window(model: str) -> timedelta:
+def webhook_window(model: str, slack_s: float) -> timedelta:
     """How long after submit a webhook is due: expected latency × 2 + slack (DESIGN §4)."""
     spec = catalog.get_model(model)
     latency = spec.latency_s if spec else 30.0
-    return timedelta(seconds=latency * 2) + WEBHOOK_SLACK
+    return timedelta(seconds=latency * 2 + slack_s)
 
 
 class Admission(Loop):
@@ -70,12 +69,15 @@ class Admission(Loop):
         urls: Urls,
         metrics: Metrics,
         limits: Limits,
+        slack_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
         self.db, self.clock, self.bfl, self.signing = db, clock, bfl, signing
         self.urls, self.metrics, self.limits = urls, metrics, limits
-        self.submit_lease = timedelta(seconds=bfl.timeout_s) + WEBHOOK_SLACK
+        self.slack_s = slack_s
+        # A submit still unanswered after BFL's timeout (plus slack) is taken as cut short.
+        self.submit_lease = timedelta(seconds=bfl.timeout_s + slack_s)
         self._rng = rng or random.Random()
 
     async def claim(self) -> list[Job]:
@@ -86,6 +88,7 @@ class Admission(Loop):
             claimed = await self._stale(session, now) + await self._fresh(session, now)
             for job in claimed:
                 job.holds_slot = True
+                job.admitted_at = job.admitted_at or now
                 job.submit_attempts += 1
                 job.lease_expires_at = now + self.submit_lease
             return claimed
@@ -134,6 +137,10 @@ class Admission(Loop):
 
     async def work(self, job: Job) -> None:
         """Submit one job upstream. Cut short by shutdown, it is ambiguous: its lease runs out."""
+        with logs.job_context(job.id):
+            await self._submit(job)
+
+    async def _submit(self, job: Job) -> None:
         webhook_url = self.urls.webhook(job.id)
         secret = self.signing.webhook_secret(job.id)
         try:
@@ -143,6 +150,7 @@ class Admission(Loop):
             await self._apply(job.id, functools.partial(self._failed, exc=exc))
             return
         self.metrics.upstream_responses.inc(op="submit", outcome="ok")
+        log.info("submitted to BFL as task %s", submitted.id)
         await self._apply(job.id, functools.partial(self._accepted, submitted=submitted))
 
     async def _apply(self, job_id: uuid.UUID, outcome) -> None:
@@ -160,7 +168,7 @@ class Admission(Loop):
             return  # a webhook beat this response and already finished the job
         job.lease_expires_at = None
         job.submitted_at = job.submitted_at or now
-        job.webhook_due_at = job.submitted_at + webhook_window(job.model)
+        job.webhook_due_at = job.submitted_at + webhook_window(job.model, self.slack_s)
         job.next_poll_at = job.webhook_due_at
         job.updated_at = now
         if job.status == jobs.QUEUED:
@@ -172,7 +180,7 @@ class Admission(Loop):
             return  # BFL's webhook already moved it on: the task exists after all
         if isinstance(exc, upstream.BFLTimeout):
             log.warning("submit of job %s timed out; BFL may have it: %s", job.id, exc)
-            job.lease_expires_at = now + webhook_window(job.model)
+            job.lease_expires_at = now + webhook_window(job.model, self.slack_s)
             return
         retry = isinstance(
             exc, upstream.BFLRateLimited | upstream.BFLServerError | upstream.BFLUnavailable
@@ -193,6 +201,7 @@ class Admission(Loop):
         job.updated_at = now
 
     async def _fail(self, session, job: Job, reason: str, now) -> None:
+        log.warning("job failed at submit: %s", reason)
         job.status, job.details = jobs.ERROR, {"error": reason}
         job.holds_slot, job.lease_expires_at = False, None
         job.finished_at = job.updated_at = now

@@ -114,6 +114,14 @@ class Dispatcher(Loop):
         headers = headers_for(subscription, message_id(delivery.id), body, now)
         attempt, error = await self._post(subscription.url, body, headers)
         decision = schedule.decide_delivery(delivery.attempts + 1, attempt, now, self._rng)
+        if decision.outcome != schedule.DELIVERED:
+            log.info(
+                "delivery %s to subscription %s: %s (%s)",
+                delivery.id,
+                subscription.id,
+                decision.outcome,
+                error,
+            )
         self.metrics.delivery_attempts.inc(outcome=decision.outcome)
         await self._record(delivery_id, attempt, error, decision, event)
 

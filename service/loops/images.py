@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import or_
 from sqlmodel import select
 
-from service import jobs
+from service import jobs, logs
 from service.bfl import BFLClient, BFLError
 from service.db import Database
 from service.events import record_event
@@ -26,7 +26,6 @@ from service.metrics import Metrics
 from service.models import Job
 from service.schedule import backoff_s
 from service.signals import Signals
-from service.updates import FETCH_LEASE
 from service.views import Urls, job_view
 
 log = logging.getLogger(__name__)
@@ -45,10 +44,10 @@ class UrlExpired(FetchFailed):
     pass
 
 
-async def download(http: httpx.AsyncClient, url: str) -> tuple[bytes, str]:
+async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[bytes, str]:
     """The image at `url`: bytes and content type. UrlExpired on 403/404, FetchFailed else."""
     try:
-        async with http.stream("GET", url, timeout=httpx.Timeout(30.0)) as response:
+        async with http.stream("GET", url, timeout=timeout_s) as response:
             if response.status_code in EXPIRED_STATUSES:
                 raise UrlExpired(f"image URL answered {response.status_code}")
             if response.status_code != 200:
@@ -86,12 +85,16 @@ class ImageFetcher(Loop):
         store: ImageStore,
         urls: Urls,
         metrics: Metrics,
+        timeout_s: float = 30.0,
         concurrency: int = 16,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
         self.db, self.clock, self.http, self.bfl = db, clock, http, bfl
         self.store, self.urls, self.metrics = store, urls, metrics
+        self.timeout_s = timeout_s
+        # Held while one process fetches; if that process dies, another may try after it.
+        self.lease = timedelta(seconds=timeout_s * 1.5 + 2)
         self._limit = anyio.CapacityLimiter(concurrency)
         self._handoffs: asyncio.Queue[uuid.UUID] = asyncio.Queue()
         self._rng = rng or random.Random()
@@ -138,10 +141,14 @@ class ImageFetcher(Loop):
             )
             claimed = (await session.exec(query)).all()
             for job in claimed:
-                job.lease_expires_at = now + FETCH_LEASE
+                job.lease_expires_at = now + self.lease
             return [job.id for job in claimed]
 
     async def work(self, job_id: uuid.UUID) -> None:
+        with logs.job_context(job_id):
+            await self._fetch(job_id)
+
+    async def _fetch(self, job_id: uuid.UUID) -> None:
         async with self._limit:
             async with self.db.read() as session:
                 job = await session.get(Job, job_id)
@@ -157,10 +164,10 @@ class ImageFetcher(Loop):
 
     async def _download(self, job: Job) -> tuple[bytes, str]:
         try:
-            return await download(self.http, job.sample_url)
+            return await download(self.http, job.sample_url, self.timeout_s)
         except UrlExpired:
             fresh = await self._fresh_sample(job)
-            return await download(self.http, fresh)
+            return await download(self.http, fresh, self.timeout_s)
 
     async def _fresh_sample(self, job: Job) -> str:
         """An expired URL: a new get_result signs a new one."""
@@ -191,6 +198,7 @@ class ImageFetcher(Loop):
                 now=now,
             )
         self.metrics.images_stored.inc()
+        log.info("image stored (%d bytes, %s)", len(data), content_type)
 
     async def _retry_later(self, job_id: uuid.UUID, reason: str) -> None:
         async with self.db.write() as session:

@@ -18,7 +18,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from service import bfl as upstream
-from service import jobs
+from service import jobs, logs
 from service.db import Database
 from service.events import record_event
 from service.loops.base import Loop
@@ -89,6 +89,10 @@ class Reconciler(Loop):
             return list((await session.exec(query)).all())
 
     async def work(self, job: Job) -> None:
+        with logs.job_context(job.id):
+            await self._reconcile(job)
+
+    async def _reconcile(self, job: Job) -> None:
         async with self._limit:
             try:
                 body = await self.bfl.get_result(job.bfl_id, job.polling_url)
@@ -121,6 +125,10 @@ class Reconciler(Loop):
                 self._schedule_next(current)
         if applied.change and applied.change.status in jobs.TERMINAL:
             self.metrics.jobs_completed.inc(via="reconciler")
+            log.warning(
+                "BFL finished the job: %s (found by polling: its webhook never came)",
+                applied.change.status,
+            )
 
     async def _later(self, job: Job) -> None:
         async with self.db.write() as session:

@@ -2,7 +2,7 @@
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -18,6 +18,7 @@ from tests.support.servers import running_server
 class Callback:
     headers: dict[str, str]
     body: bytes
+    answer: object = 200  # what the subscriber answered: a status, (status, headers) or "stall"
 
     @property
     def json(self):
@@ -52,14 +53,15 @@ class Subscriber:
                 await self.changed.wait()
         return self.received
 
-    def delivered_ids(self, accepted: Callable[[Callback], bool] = lambda c: True) -> list[str]:
-        return [c.webhook_id for c in self.received if accepted(c)]
+    def delivered_ids(self) -> list[str]:
+        """webhook-ids of the callbacks this subscriber accepted (answered 2xx)."""
+        return [c.webhook_id for c in self.received if c.answer in (200, 204)]
 
 
 def _app(subscriber: Subscriber) -> Starlette:
     async def hook(request: Request) -> Response:
         answer = subscriber.answer()
-        subscriber.record(Callback(dict(request.headers), await request.body()))
+        subscriber.record(Callback(dict(request.headers), await request.body(), answer))
         if answer == "stall":
             await anyio.sleep_forever()
         status, headers = answer if isinstance(answer, tuple) else (answer, {})

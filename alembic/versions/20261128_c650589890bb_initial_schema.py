@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 86c8f60be9c3
+Revision ID: c650589890bb
 Revises:
-Create Date: 2026-11-28 00:03:04.000119+00:00
+Create Date: 2026-11-28 00:23:26.336472+00:00
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import sqlmodel
 import service.models
 from alembic import op
 
-revision: str = "86c8f60be9c3"
+revision: str = "c650589890bb"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("slot_class", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("holds_slot", sa.Boolean(), nullable=False),
         sa.Column("submit_attempts", sa.Integer(), nullable=False),
+        sa.Column("admitted_at", service.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("next_attempt_at", service.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("lease_expires_at", service.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("bfl_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),

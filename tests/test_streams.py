@@ -1,0 +1,92 @@
+"""Server-Sent Events: live, resumable with Last-Event-ID, tenant-scoped, heartbeats, shutdown."""
+
+import uuid
+
+import httpx
+
+from service.hub import CLOSED, RESYNC, Hub, StreamEvent
+from tests.support.sse import open_stream
+from tests.support.stack import running_emulator, running_stack
+
+FAST = {"time_scale": 0.01}
+SMALL = {"width": 256, "height": 256}
+
+
+async def _job_events(stack, job_id: str) -> list[int]:
+    detail = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
+    return [event["seq"] for event in detail["events"]]
+
+
+async def test_reconnecting_with_last_event_id_replays_exactly_what_was_missed(database_url):
+    async with running_emulator(**FAST) as emulator, running_stack(database_url, emulator) as stack:
+        async with open_stream(stack.client, "/v1/events") as stream:
+            first = await stack.submit(**SMALL)
+            seen = await stream.take(2)
+        assert [m.event for m in seen] == ["job.submitted", "job.ready"]
+        assert seen[-1].data["data"]["result"]["sample"]
+        missed = [await stack.submit(**SMALL) for _ in range(3)]
+        for job in missed:
+            await stack.settled(job["id"])
+        expected = [seq for job in missed for seq in await _job_events(stack, job["id"])]
+        resume = {"last-event-id": str(seen[-1].id)}
+        async with open_stream(stack.client, "/v1/events", headers=resume) as stream:
+            replayed = await stream.take(len(expected))
+            assert sorted(m.id for m in replayed) == sorted(expected)
+            assert [m.id for m in replayed] == sorted(m.id for m in replayed), "in order"
+            live = await stack.submit(**SMALL)
+            after = await stream.take(2)
+        assert [m.data["data"]["id"] for m in after] == [live["id"]] * 2
+        assert first["id"] not in {m.data["data"]["id"] for m in replayed + after}
+
+
+async def test_a_tenant_never_sees_another_tenants_events(database_url):
+    async with running_emulator(**FAST) as emulator, running_stack(database_url, emulator) as stack:
+        other_key = await stack.new_key("tenant-b")
+        async with httpx.AsyncClient(base_url=stack.url, headers={"x-key": other_key}) as b:
+            async with open_stream(b, "/v1/events") as b_stream:
+                a_job = await stack.submit(**SMALL)
+                await stack.settled(a_job["id"])
+                b_job = (await b.post("/v1/flux-dev", json={"prompt": "b", **SMALL})).json()
+                events = await b_stream.take(2)
+        assert {m.data["data"]["id"] for m in events} == {b_job["id"]}
+
+
+async def test_a_job_stream_replays_the_jobs_history(sqlite_url):
+    async with running_emulator(**FAST) as emulator, running_stack(sqlite_url, emulator) as stack:
+        job = await stack.submit(**SMALL)
+        await stack.settled(job["id"])
+        async with open_stream(stack.client, f"/v1/jobs/{job['id']}/events") as stream:
+            history = await stream.take(2)
+        assert [m.event for m in history] == ["job.submitted", "job.ready"]
+        bad = await stack.client.get("/v1/events", headers={"last-event-id": "x"})
+        assert bad.status_code == 422
+
+
+async def test_idle_streams_get_heartbeats_and_end_at_shutdown(sqlite_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(sqlite_url, emulator, sse_heartbeat_s=0.05) as stack,
+        open_stream(stack.client, "/v1/events") as stream,
+    ):
+        assert await stream.comment() == "heartbeat"
+        stack.services.begin_shutdown()
+        assert await stream.ended()
+
+
+def _event(seq: int, tenant: uuid.UUID) -> StreamEvent:
+    return StreamEvent(seq, tenant, None, "job.progress", "{}")
+
+
+async def test_a_stream_that_falls_behind_resyncs_from_the_table_instead_of_growing():
+    hub = Hub(db=None, signals=None, backlog=3)
+    tenant = uuid.uuid4()
+    with hub.listen(tenant) as listener:
+        for seq in range(1, 6):
+            hub.publish(_event(seq, tenant))
+        assert await listener.next(1) is RESYNC
+        hub.publish(_event(6, tenant))
+        assert (await listener.next(1)).seq == 6
+        hub.publish(_event(7, uuid.uuid4()))
+        assert await listener.next(0.01) is None, "another tenant's event"
+        hub.close()
+        assert await listener.next(1) is CLOSED
