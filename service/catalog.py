@@ -466,15 +466,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def validate_inputs(model: ModelSpec, body: object) -> dict:
-    """Validated inputs with defaults filled; unknown fields are dropped, like BFL does."""
+def validate(model: ModelSpec, body: object) -> BaseModel:
+    """The body as the model's validated inputs; unknown fields are dropped, like BFL does."""
     if body is None:
         raise ValidationFailed([_missing_body()])
     try:
-        inputs = model.inputs.model_validate(body, from_attributes=True)
+        return model.inputs.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         raise ValidationFailed(fastapi_detail(exc, ("body",))) from None
-    return inputs.model_dump(mode="json")
+
+
+def validate_inputs(model: ModelSpec, body: object) -> dict:
+    """Validated inputs with defaults filled."""
+    return validate(model, body).model_dump(mode="json")
 
 
 def fastapi_detail(exc: ValidationError, prefix: tuple[str, ...]) -> list[dict]:

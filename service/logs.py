@@ -16,6 +16,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 TOKEN_PATHS = re.compile(r"^/(webhooks/bfl|images)/[^/]+")
 access_log = logging.getLogger("fluxhook.access")
+QUIET_LIBRARIES = ("sqlalchemy", "aiosqlite", "psycopg", "httpx", "httpcore", "hpack", "PIL")
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,7 +56,10 @@ def configure(log_format: str, level: str = "INFO", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full URLs
+    # Libraries that would log SQL parameters, request URLs or headers (which carry keys,
+    # secrets and signed tokens) stay at WARNING whatever LOG_LEVEL says.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

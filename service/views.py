@@ -57,7 +57,7 @@ def job_view(job: Job, urls: Urls) -> dict:
         "id": str(job.id),
         "model": job.model,
         "status": jobs.public_status(job.status, job.image_stored),
-        "progress": job.progress,
+        "progress": None if jobs.is_settled(job.status, job.image_stored) else job.progress,
         "inputs": _short_inputs(job.inputs),
         "result": result_view(job, urls),
         "details": job.details,

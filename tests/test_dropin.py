@@ -79,6 +79,9 @@ async def test_submit_answers_like_bfl_and_get_result_shows_pending(stack):
                       "details": None, "preview": None}  # fmt: skip
     native = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
     assert native["status"] == "Queued"
+    assert native["inputs"] == {"prompt": "a kite", "width": 512, "height": 512}, (
+        "no defaults added"
+    )
 
 
 async def test_get_result_errors(stack):

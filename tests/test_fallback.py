@@ -112,7 +112,10 @@ async def _burst(stack, count: int) -> list[httpx.Response]:
 async def test_running_out_of_credits_fails_exactly_the_unpaid_jobs(database_url):
     price = 1.4  # flux-2-klein-4b at ≤ 1 MP
     config = {"time_scale": 0.05, "credits": price * 10.5}  # enough for 10 jobs, not 11
-    async with running_emulator(**config) as emulator, running_stack(database_url, emulator) as stack:
+    async with (
+        running_emulator(**config) as emulator,
+        running_stack(database_url, emulator) as stack,
+    ):
         jobs = [await stack.submit(FAST_MODEL, **SMALL) for _ in range(15)]
         results = await _settle_all(stack, jobs)
         statuses = Counter(r["status"] for r in results)

@@ -43,12 +43,15 @@ async def submit(request: Request) -> JSONResponse:
     if spec is None:
         raise error(404, "Not Found")
     try:
-        inputs = catalog.validate_inputs(
-            spec, catalog.parse_json_body(await read_body(request, SUBMIT_BODY_LIMIT))
-        )
+        body = catalog.parse_json_body(await read_body(request, SUBMIT_BODY_LIMIT))
+        validated = catalog.validate(spec, body)
     except catalog.ValidationFailed as exc:
         return JSONResponse({"detail": exc.detail}, status_code=422)
+    # BFL gets what the client sent (validated), never our copy of BFL's defaults: BFL applies
+    # its own, and some (FLUX.2's width 0, "auto") are refused when sent explicitly.
+    inputs = validated.model_dump(mode="json", exclude_unset=True)
     callback = (inputs.pop("webhook_url", None), inputs.pop("webhook_secret", None))
+    price = catalog.price(spec, validated.model_dump(mode="json")) if spec.cost_on_submit else None
     svc = services(request)
     if callback[0] and (
         reason := check_target_url(callback[0], svc.settings.allow_private_targets)
@@ -57,10 +60,10 @@ async def submit(request: Request) -> JSONResponse:
     key = _idempotency_key(request)
     request_hash = _hash(spec.name, inputs, callback)
     try:
-        response = await _create(svc, tenant_id, spec, inputs, callback, key, request_hash)
+        response = await _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash)
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other committed first.
-        response = await _create(svc, tenant_id, spec, inputs, callback, key, request_hash)
+        response = await _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash)
     return JSONResponse(response)
 
 
@@ -76,7 +79,7 @@ def _hash(model: str, inputs: dict, callback: tuple) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _create(svc, tenant_id, spec, inputs, callback, key, request_hash) -> dict:
+async def _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash) -> dict:
     async with svc.db.write() as session:
         now = svc.clock.now()
         if key is not None:
@@ -88,7 +91,7 @@ async def _create(svc, tenant_id, spec, inputs, callback, key, request_hash) -> 
             if previous is not None:
                 await session.delete(previous)
                 await session.flush()
-        job = _new_job(tenant_id, spec, inputs, now)
+        job = _new_job(tenant_id, spec, inputs, price, now)
         session.add(job)
         await session.flush()
         if callback[0]:
@@ -112,8 +115,7 @@ async def _create(svc, tenant_id, spec, inputs, callback, key, request_hash) -> 
     return response
 
 
-def _new_job(tenant_id: uuid.UUID, spec: catalog.ModelSpec, inputs: dict, now) -> Job:
-    price = catalog.price(spec, inputs) if spec.cost_on_submit else None
+def _new_job(tenant_id: uuid.UUID, spec, inputs: dict, price: catalog.Price | None, now) -> Job:
     return Job(
         tenant_id=tenant_id,
         model=spec.name,

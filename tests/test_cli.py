@@ -1,0 +1,137 @@
+"""The `fluxhook` command: server verbs and client verbs, their output and exit codes."""
+
+import os
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+from tests.support.processes import Process, cleanup, cli, fluxhook_env, free_port
+from tests.support.stack import running_emulator, running_stack
+from tests.support.subscriber import running_subscriber
+from tests.support.waiting import wait_for
+
+
+async def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "service", *args]
+    full_env = {**os.environ, **(env or {})}
+    return await anyio.run_process(command, env=full_env, check=False)
+
+
+def _client_env(stack) -> dict:
+    return {"FLUXHOOK_URL": stack.url, "FLUXHOOK_KEY": stack.key}
+
+
+async def test_submit_waits_with_a_progress_line_and_saves_the_image(sqlite_url, tmp_path):
+    async with (
+        running_emulator(time_scale=0.05, progress_events=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        out = tmp_path / "fox.jpg"
+        done = await run_cli("submit", "a fox", "--model", "flux-dev", "--width", "256",
+                             "--height", "256", "--wait", "--out", str(out), env=_client_env(stack))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.decode().splitlines()[0]
+        progress = done.stderr.decode().splitlines()
+        assert progress[0].split()[0] in ("Pending", "Processing") and progress[-1] == "Ready"
+        assert any("%" in line for line in progress), "progress shown while waiting"
+        assert out.read_bytes().startswith(b"\xff\xd8")
+        listed = await run_cli("jobs", env=_client_env(stack))
+        assert job_id in listed.stdout.decode()
+
+
+async def test_a_failed_job_exits_1_with_its_reason(sqlite_url):
+    async with (
+        running_emulator(time_scale=0.05) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        done = await run_cli("submit", "x [content-moderated]", "--wait", env=_client_env(stack))
+        assert done.returncode == 1
+        assert "Content Moderated" in done.stderr.decode()
+
+
+async def test_errors_go_to_stderr_with_exit_codes(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        no_key = await run_cli("jobs", env={"FLUXHOOK_URL": stack.url, "FLUXHOOK_KEY": ""})
+        assert no_key.returncode == 2 and "FLUXHOOK_KEY" in no_key.stderr.decode()
+        bad_key = await run_cli("jobs", "--url", stack.url, "--key", "fh_wrong")
+        assert bad_key.returncode == 3 and "403" in bad_key.stderr.decode()
+        unreachable = await run_cli("jobs", "--url", "http://127.0.0.1:9", "--key", "k")
+        assert unreachable.returncode == 3 and "could not reach" in unreachable.stderr.decode()
+        invalid = await run_cli("submit", "x", "--width", "7", env=_client_env(stack))
+        assert invalid.returncode == 3 and "422" in invalid.stderr.decode()
+        usage = await run_cli("frobnicate")
+        assert usage.returncode == 2
+
+
+async def test_deliveries_and_redeliver(sqlite_url):
+    async with (
+        running_emulator(time_scale=0.05) as emulator,
+        running_stack(sqlite_url, emulator, delivery_timeout_s=0.5) as stack,
+        running_subscriber(default=410) as subscriber,
+    ):
+        sub = (await stack.client.post("/v1/subscriptions", json={"url": subscriber.url})).json()
+        job = await stack.submit(width=256, height=256)
+        await stack.settled(job["id"])
+
+        async def dead():
+            rows = (await stack.client.get("/v1/deliveries?status=failed")).json()["deliveries"]
+            return rows
+
+        (dead_letter, *_) = await wait_for(dead)
+        failed = await run_cli("deliveries", "--failed", env=_client_env(stack))
+        assert dead_letter["id"] in failed.stdout.decode() and "last=410" in failed.stdout.decode()
+        refused = await run_cli("redeliver", dead_letter["id"], env=_client_env(stack))
+        assert refused.returncode == 3 and "disabled" in refused.stderr.decode()
+        await stack.client.post(f"/v1/subscriptions/{sub['id']}/enable")
+        subscriber.default = 200
+        again = await run_cli("redeliver", dead_letter["id"], env=_client_env(stack))
+        assert again.returncode == 0 and "pending again" in again.stdout.decode()
+
+
+async def test_sigterm_under_load_exits_in_time_and_loses_nothing(database_url, tmp_path):
+    async with running_emulator(time_scale=0.2) as emulator, running_subscriber() as subscriber:
+        subscriber.default = "stall"
+        env = fluxhook_env(database_url, emulator.url, free_port(), DELIVERY_TIMEOUT_S=1,
+                           RECONCILE_SLACK_S=1, IMAGE_FETCH_TIMEOUT_S=2)  # fmt: skip
+        key = cli("keys", "create", "sigterm", env=env).splitlines()[-1]
+        assert key.startswith("fh_")
+        first = Process(env, tmp_path / "first.log")
+        import httpx
+
+        async with httpx.AsyncClient(base_url=env["PUBLIC_URL"], headers={"x-key": key}) as client:
+            with cleanup(first):
+                await first.ready()
+                await client.post("/v1/subscriptions", json={"url": subscriber.url})
+                jobs = [(await client.post("/v1/flux-2-klein-4b", json={"prompt": f"p{i}"})).json()
+                        for i in range(20)]  # fmt: skip
+                await subscriber.wait_for(1)
+                started = anyio.current_time()
+                code = await anyio.to_thread.run_sync(first.terminate, 30)
+                assert code == 0 and anyio.current_time() - started < 30
+            subscriber.default = 200
+            second = Process(env, tmp_path / "second.log")
+            with cleanup(second):
+                await second.ready()
+                for job in jobs:
+                    result = await client.get(f"/v1/get_result?id={job['id']}&wait=25", timeout=30)
+                    assert result.json()["status"] == "Ready", result.json()["details"]
+
+                async def delivered():
+                    rows = (await client.get("/v1/deliveries")).json()["deliveries"]
+                    return len(rows) == 40 and all(r["status"] == "delivered" for r in rows)
+
+                await wait_for(delivered, within_s=60)
+
+
+@pytest.mark.parametrize("verb", ["serve", "worker", "migrate"])
+def test_bad_configuration_is_refused_with_a_message(verb):
+    env = {**os.environ, "DATABASE_URL": "mysql://nope"}
+    done = subprocess.run([sys.executable, "-m", "service", verb], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert "DATABASE_URL" in done.stderr
