@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import anyio
+import httpx
 import pytest
 
 from tests.support.processes import Process, cleanup, cli, fluxhook_env, free_port
@@ -29,8 +30,8 @@ async def test_submit_waits_with_a_progress_line_and_saves_the_image(sqlite_url,
         running_stack(sqlite_url, emulator) as stack,
     ):
         out = tmp_path / "fox.jpg"
-        done = await run_cli("submit", "a fox", "--model", "flux-dev", "--width", "256",
-                             "--height", "256", "--wait", "--out", str(out), env=_client_env(stack))  # fmt: skip
+        args = ["a fox", "--model", "flux-dev", "--width", "256", "--height", "256"]
+        done = await run_cli("submit", *args, "--wait", "--out", str(out), env=_client_env(stack))
         assert done.returncode == 0, done.stderr
         job_id = done.stdout.decode().splitlines()[0]
         progress = done.stderr.decode().splitlines()
@@ -79,8 +80,7 @@ async def test_deliveries_and_redeliver(sqlite_url):
         await stack.settled(job["id"])
 
         async def dead():
-            rows = (await stack.client.get("/v1/deliveries?status=failed")).json()["deliveries"]
-            return rows
+            return (await stack.client.get("/v1/deliveries?status=failed")).json()["deliveries"]
 
         (dead_letter, *_) = await wait_for(dead)
         failed = await run_cli("deliveries", "--failed", env=_client_env(stack))
@@ -101,8 +101,6 @@ async def test_sigterm_under_load_exits_in_time_and_loses_nothing(database_url, 
         key = cli("keys", "create", "sigterm", env=env).splitlines()[-1]
         assert key.startswith("fh_")
         first = Process(env, tmp_path / "first.log")
-        import httpx
-
         async with httpx.AsyncClient(base_url=env["PUBLIC_URL"], headers={"x-key": key}) as client:
             with cleanup(first):
                 await first.ready()

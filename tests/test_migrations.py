@@ -1,7 +1,6 @@
 """The migrations build exactly the tables the models declare (`alembic check`), on both engines."""
 
 from alembic import command
-
 from service import migrations
 
 

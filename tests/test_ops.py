@@ -8,12 +8,11 @@ import re
 import uuid
 
 import httpx
-import pytest
 
 from service import logs
-from tests.support.sse import open_stream
 from service.app import create_app
 from tests.support.servers import running_server
+from tests.support.sse import open_stream
 from tests.support.stack import TEST_SECRET, running_emulator, running_stack, stack_settings
 from tests.support.subscriber import running_subscriber
 from tests.support.waiting import wait_for

@@ -42,12 +42,14 @@ async def test_reconnecting_with_last_event_id_replays_exactly_what_was_missed(d
 async def test_a_tenant_never_sees_another_tenants_events(database_url):
     async with running_emulator(**FAST) as emulator, running_stack(database_url, emulator) as stack:
         other_key = await stack.new_key("tenant-b")
-        async with httpx.AsyncClient(base_url=stack.url, headers={"x-key": other_key}) as b:
-            async with open_stream(b, "/v1/events") as b_stream:
-                a_job = await stack.submit(**SMALL)
-                await stack.settled(a_job["id"])
-                b_job = (await b.post("/v1/flux-dev", json={"prompt": "b", **SMALL})).json()
-                events = await b_stream.take(2)
+        async with (
+            httpx.AsyncClient(base_url=stack.url, headers={"x-key": other_key}) as b,
+            open_stream(b, "/v1/events") as b_stream,
+        ):
+            a_job = await stack.submit(**SMALL)
+            await stack.settled(a_job["id"])
+            b_job = (await b.post("/v1/flux-dev", json={"prompt": "b", **SMALL})).json()
+            events = await b_stream.take(2)
         assert {m.data["data"]["id"] for m in events} == {b_job["id"]}
 
 
