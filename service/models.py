@@ -1,7 +1,7 @@
 """The tables. UUID keys, UTC timestamps, a naming convention so migrations stay stable."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -170,6 +170,9 @@ class Delivery(SQLModel, table=True):
     last_attempt_at: datetime | None = _time()
     delivered_at: datetime | None = _time()
     created_at: datetime = _time(nullable=False)
+
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)  # a repeated Idempotency-Key answers this long
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -9,7 +9,8 @@ import pytest
 from sqlmodel import select
 
 from service.clock import FakeClock
-from service.models import Job
+from service.models import IdempotencyKey, Job
+from service.runtime import build_loops
 from tests.support.stack import running_emulator, running_stack
 
 SMALL = {"width": 256, "height": 256}
@@ -173,6 +174,14 @@ async def test_idempotency_keys_last_a_day_and_bind_the_request(database_url):
         assert too_long.status_code == 400
         clock.advance(24 * 3600 + 1)
         assert (await _submit_idempotent(stack, "key-1"))["id"] != first["id"]
+        await _submit_idempotent(stack, "key-2")
+        clock.advance(24 * 3600 + 1)
+        async with httpx.AsyncClient() as http:
+            build_loops(stack.services, http, http)
+            reconciler = stack.services.loops[-1]
+            await reconciler.run_once()
+        async with stack.services.db.read() as session:
+            assert (await session.exec(select(IdempotencyKey))).all() == [], "a day later: gone"
         other_tenant = await stack.new_key("b")
         async with httpx.AsyncClient(base_url=stack.url, headers={"x-key": other_tenant}) as b:
             theirs = await b.post(f"/v1/{FAST_MODEL}", json={"prompt": "idempotent key-1"},

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -21,13 +20,12 @@ from service.api.auth import authenticate
 from service.api.http import error, read_body, services
 from service.api.jobs import load_job, wait_for_terminal
 from service.bfl import BFLError
-from service.models import IdempotencyKey, Job, Subscription
+from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, Subscription
 from service.targets import check_target_url
 from service.views import bfl_result, submit_response
 
 log = logging.getLogger(__name__)
 SUBMIT_BODY_LIMIT = 32 * 1024 * 1024  # base64 input images: BFL takes up to 20 MB each
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_WAIT_S = 25  # under the PaaS router's 30 s request timeout
 JOB_CALLBACK_EVENTS = sorted(jobs.TERMINAL_EVENTS)
 

@@ -23,7 +23,7 @@ from service.db import Database
 from service.events import record_event
 from service.loops.base import Loop
 from service.metrics import Metrics
-from service.models import Job
+from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job
 from service.schedule import backoff_s
 from service.signals import Signals
 from service.updates import apply_update
@@ -64,16 +64,26 @@ class Reconciler(Loop):
     async def run_once(self) -> bool:
         """One sweep, if this process is the leader. True if it polled anything."""
         if not self.db.is_postgres:
-            return await super().run_once()
+            return await self._sweep()
         async with self.db.engine.connect() as conn:
             lock = sa.select(func.pg_try_advisory_lock(RECONCILER_LOCK))
             if not (await conn.execute(lock)).scalar():
                 return False
             try:
-                return await super().run_once()
+                return await self._sweep()
             finally:
                 await conn.execute(sa.select(func.pg_advisory_unlock(RECONCILER_LOCK)))
                 await conn.commit()
+
+    async def _sweep(self) -> bool:
+        await self._forget_idempotency_keys()
+        return await super().run_once()
+
+    async def _forget_idempotency_keys(self) -> None:
+        """Idempotency-Keys answer for 24 h; older ones are deleted (the leader's chore)."""
+        cutoff = self.clock.now() - IDEMPOTENCY_WINDOW
+        async with self.db.write() as session:
+            await session.exec(sa.delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
 
     async def claim(self) -> list[Job]:
         """Jobs whose webhook is overdue and whose next poll is due (no lease: one leader)."""
