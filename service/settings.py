@@ -130,7 +130,7 @@ class Settings:
             run_workers=_bool(env, "RUN_WORKERS", True),
             allow_private_targets=_bool(env, "ALLOW_PRIVATE_TARGETS", bfl_api_key is None),
             log_format=_log_format(env, on_paas),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            log_level=_log_level(env),
             image_store=_image_store(env.get("IMAGE_STORE") or "db"),
             image_url_ttl_s=_number(env, "IMAGE_URL_TTL_S", 7 * 24 * 3600),
             db_pool_size=_number(env, "DB_POOL_SIZE", 5),
@@ -148,4 +148,11 @@ def _log_format(environ: Mapping[str, str], on_paas: bool) -> str:
         return "json" if on_paas or not sys.stdout.isatty() else "text"
     if value not in {"json", "text"}:
         raise SettingsError(f"LOG_FORMAT must be json or text, not {value!r}")
+    return value
+
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    value = (environ.get("LOG_LEVEL") or "INFO").strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
     return value
