@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.models import Delivery, JobEvent, Subscription
 from service.signals import Signals
+from service.views import job_view
 
 EVENTS_CHANNEL = "fluxhook_events"
 # PostgreSQL's NOTIFY payload limit is 8000 bytes; bigger events go by sequence number only.
@@ -56,6 +57,21 @@ async def record_event(
         await session.exec(sa.select(func.pg_notify(EVENTS_CHANNEL, notify_payload(event))))
     await signals.after_commit(session, "hub", *(["dispatcher"] if owed else []))
     return event
+
+
+async def record_job_event(
+    session: AsyncSession, signals: Signals, urls, job, event_type: str, now: datetime
+) -> JobEvent:
+    """An event about a job; its data is the job as `GET /v1/jobs/{id}` shows it now."""
+    return await record_event(
+        session,
+        signals,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        type=event_type,
+        data=job_view(job, urls),
+        now=now,
+    )
 
 
 async def _add_deliveries(session: AsyncSession, event: JobEvent, now: datetime) -> int:

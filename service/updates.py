@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import jobs
-from service.events import record_event
+from service.events import record_job_event
 from service.models import Job
 from service.signals import Signals
-from service.views import Urls, job_view
+from service.views import Urls
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,7 @@ async def apply_update(
     if change.status in jobs.TERMINAL:
         await _finish_upstream(session, signals, job, update, via, now, fetch_lease)
     for event_type in change.events:
-        await record_event(
-            session,
-            signals,
-            tenant_id=job.tenant_id,
-            job_id=job.id,
-            type=event_type,
-            data=job_view(job, urls),
-            now=now,
-        )
+        await record_job_event(session, signals, urls, job, event_type, now)
     return Applied(change)
 
 

@@ -83,15 +83,7 @@ async def quiet_stack(database_url):
 async def _failed_job_event(stack) -> str:
     """A job.failed event, produced the real way: BFL's webhook through the receiver."""
     job = await stack.submit("flux-dev")
-    signing = stack.services.signing
-    job_id = uuid.UUID(job["id"])
-    url = f"{stack.url}/webhooks/bfl/{signing.webhook_token(job_id)}"
-    async with httpx.AsyncClient() as http:
-        response = await http.post(
-            url,
-            json={"id": "t", "status": "Error"},
-            headers={"x-webhook-secret": signing.webhook_secret(job_id)},
-        )
+    response = await stack.post_webhook(job["id"], {"id": "t", "status": "Error"})
     assert response.json() == {"status": "applied"}
     return job["id"]
 

@@ -26,15 +26,6 @@ async def quiet(database_url):
         yield stack, emulator, clock, http
 
 
-async def _webhook(stack, job_id: str, body: dict) -> None:
-    signing = stack.services.signing
-    url = f"{stack.url}/webhooks/bfl/{signing.webhook_token(uuid.UUID(job_id))}"
-    secret = signing.webhook_secret(uuid.UUID(job_id))
-    async with httpx.AsyncClient() as http:
-        response = await http.post(url, json=body, headers={"x-webhook-secret": secret})
-    assert response.status_code == 200, response.text
-
-
 async def _finished_task(emulator, http) -> str:
     submitted = await http.post(f"{emulator.url}/v1/flux-dev", headers={"x-key": "k"},
                                 json={"prompt": "a wren", "width": 256, "height": 256})  # fmt: skip
@@ -55,7 +46,7 @@ async def test_an_expired_url_is_refreshed_with_get_result(quiet):
     await wait_for(is_expired)
     await emulator.configure(url_ttl_s=600)
     job = await stack.submit("flux-dev")
-    await _webhook(stack, job["id"], expired)
+    assert (await stack.post_webhook(job["id"], expired)).status_code == 200
     await stack.services.fetcher.run_until_idle()
     result = (await stack.client.get(f"/v1/get_result?id={job['id']}")).json()
     assert result["status"] == "Ready"
@@ -69,7 +60,7 @@ async def test_an_image_that_cannot_be_fetched_fails_the_job_after_the_window(qu
     async with running_subscriber(default=500) as broken:
         job = await stack.submit("flux-dev")
         ready = {"id": "t", "status": "Ready", "result": {"sample": broken.url}}
-        await _webhook(stack, job["id"], ready)
+        assert (await stack.post_webhook(job["id"], ready)).status_code == 200
         fetcher = stack.services.fetcher
         await fetcher.run_until_idle()
         assert (await stack.client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "Processing"

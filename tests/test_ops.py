@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import re
-import uuid
 
 import httpx
 
@@ -67,13 +66,10 @@ async def test_metrics_after_a_known_sequence(database_url):
             return len(rows) == 4 and all(row["status"] == "delivered" for row in rows)
 
         await wait_for(recorded)
-        url = (
-            f"{stack.url}/webhooks/bfl/{stack.services.signing.webhook_token(uuid.UUID(ok['id']))}"
-        )
+        url, _ = stack.webhook(ok["id"])
         async with httpx.AsyncClient() as http:
-            await http.post(
-                url, json={"id": "x", "status": "Ready"}, headers={"x-webhook-secret": "no"}
-            )
+            wrong = {"x-webhook-secret": "no"}
+            await http.post(url, json={"id": "x", "status": "Ready"}, headers=wrong)
         async with open_stream(stack.client, "/v1/events"):
             text = (await stack.client.get("/metrics")).text
         metrics = parse_metrics(text)
@@ -118,8 +114,8 @@ async def test_no_log_line_carries_a_secret_or_a_key(database_url):
             result = await stack.settled(job["id"])
             await subscriber.wait_for(3)
             await stack.client.get("/v1/jobs", headers={"x-key": "fh_not-a-real-key"})
-            job_secret = stack.services.signing.webhook_secret(uuid.UUID(job["id"]))
-            token = stack.services.signing.webhook_token(uuid.UUID(job["id"]))
+            hook_url, job_secret = stack.webhook(job["id"])
+            token = hook_url.rsplit("/", 1)[1]
             image_token = result["result"]["sample"].rsplit("/", 1)[1]
             secrets = [stack.key, "fh_not-a-real-key", sub["secret"], "drop-in-secret",
                        job_secret, TEST_SECRET, token, image_token, "test-bfl-key"]  # fmt: skip

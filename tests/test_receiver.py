@@ -19,12 +19,6 @@ async def _queued_job(stack) -> str:
     return (await stack.submit("flux-dev", prompt="a quiet harbour"))["id"]
 
 
-def _hook(stack, job_id: str) -> tuple[str, str]:
-    signing = stack.services.signing
-    job = uuid.UUID(job_id)
-    return f"{stack.url}/webhooks/bfl/{signing.webhook_token(job)}", signing.webhook_secret(job)
-
-
 def ready_body(task_id="task-1", sample="https://delivery.example/sample.jpeg") -> dict:
     return {"id": task_id, "status": "Ready", "progress": None, "details": None, "preview": None,
             "result": {"sample": sample, "prompt": "p", "seed": 1}}  # fmt: skip
@@ -66,7 +60,7 @@ REFUSALS = [
 )
 async def test_refused_webhooks_change_nothing(stack, case, headers, body, status):
     job_id = await _queued_job(stack)
-    url, secret = _hook(stack, job_id)
+    url, secret = stack.webhook(job_id)
     if case not in ("no secret", "wrong secret"):
         headers = {"x-webhook-secret": secret, **headers}
     before = await snapshot(stack.services.db)
@@ -78,7 +72,7 @@ async def test_refused_webhooks_change_nothing(stack, case, headers, body, statu
 
 async def test_forged_and_foreign_tokens_are_unknown(stack):
     job_id = await _queued_job(stack)
-    _, secret = _hook(stack, job_id)
+    _, secret = stack.webhook(job_id)
     before = await snapshot(stack.services.db)
     forged = f"{stack.url}/webhooks/bfl/{uuid.UUID(job_id).hex}.forged-signature"
     foreign_signing = type(stack.services.signing)(["another-deployment's key"])
@@ -91,7 +85,7 @@ async def test_forged_and_foreign_tokens_are_unknown(stack):
 
 async def test_a_signed_body_is_accepted_and_a_valid_signature_checked(stack):
     job_id = await _queued_job(stack)
-    url, secret = _hook(stack, job_id)
+    url, secret = stack.webhook(job_id)
     raw = json.dumps(ready_body()).encode()
     signature = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
     response = await _post(url, raw, {"x-webhook-secret": secret, "x-bfl-signature": signature})
@@ -105,7 +99,7 @@ async def test_secret_from_an_older_rotation_key_still_verifies(database_url):
     async with running_emulator(manual=True) as emulator:
         async with running_stack(database_url, emulator, workers_off, secret_keys=("old",)) as old:
             job_id = await _queued_job(old)
-            url, secret = _hook(old, job_id)
+            url, secret = old.webhook(job_id)
             path = url.removeprefix(old.url)
         rotated = ("new", "old")
         async with running_stack(database_url, emulator, workers_off, secret_keys=rotated) as new:
@@ -115,7 +109,7 @@ async def test_secret_from_an_older_rotation_key_still_verifies(database_url):
 
 async def test_duplicates_and_late_events_are_acknowledged_and_ignored(stack):
     job_id = await _queued_job(stack)
-    url, secret = _hook(stack, job_id)
+    url, secret = stack.webhook(job_id)
     headers = {"x-webhook-secret": secret}
     progress = {"task_id": "task-1", "status": "processing", "progress": 40}
     assert (await _post(url, progress, headers)).json() == {"status": "applied"}
@@ -138,7 +132,7 @@ async def test_legacy_dialect_words_map_to_ours(stack):
     cases = {"SUCCESS": "Processing", "GENERATED CONTENT MODERATED": "Content Moderated"}
     for word, shown in cases.items():
         job_id = await _queued_job(stack)
-        url, secret = _hook(stack, job_id)
+        url, secret = stack.webhook(job_id)
         body = {"task_id": "t", "status": word, "result": {"sample": "https://d.example/s.png"}}
         assert (await _post(url, body, {"x-webhook-secret": secret})).status_code == 200
         job = (await stack.client.get(f"/v1/jobs/{job_id}")).json()

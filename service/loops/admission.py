@@ -26,14 +26,14 @@ from sqlmodel import select
 from service import bfl as upstream
 from service import catalog, jobs, logs
 from service.db import Database
-from service.events import record_event
+from service.events import record_job_event
 from service.loops.base import Loop
 from service.metrics import Metrics
 from service.models import Job
 from service.schedule import backoff_s
 from service.signals import Signals
 from service.signing import Signing
-from service.views import Urls, job_view
+from service.views import Urls
 
 log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x466C7578_01  # pg advisory lock: one admission claim at a time, all processes
@@ -209,15 +209,7 @@ class Admission(Loop):
         await self.signals.after_commit(session, self.name)
 
     async def _event(self, session, job: Job, event_type: str, now) -> None:
-        await record_event(
-            session,
-            self.signals,
-            tenant_id=job.tenant_id,
-            job_id=job.id,
-            type=event_type,
-            data=job_view(job, self.urls),
-            now=now,
-        )
+        await record_job_event(session, self.signals, self.urls, job, event_type, now)
 
 
 def _reason(exc: upstream.BFLError) -> str:

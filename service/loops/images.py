@@ -19,14 +19,14 @@ from sqlmodel import select
 from service import jobs, logs
 from service.bfl import BFLClient, BFLError
 from service.db import Database
-from service.events import record_event
+from service.events import record_job_event
 from service.images import ImageStore, sniff_content_type
 from service.loops.base import Loop
 from service.metrics import Metrics
 from service.models import Job
 from service.schedule import backoff_s
 from service.signals import Signals
-from service.views import Urls, job_view
+from service.views import Urls
 
 log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -188,15 +188,7 @@ class ImageFetcher(Loop):
             await self.store.save(session, job_id, data, content_type, now)
             job.image_stored, job.finished_at, job.updated_at = True, now, now
             job.lease_expires_at = None
-            await record_event(
-                session,
-                self.signals,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                type=jobs.EVENT_READY,
-                data=job_view(job, self.urls),
-                now=now,
-            )
+            await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_READY, now)
         self.metrics.images_stored.inc()
         log.info("image stored (%d bytes, %s)", len(data), content_type)
 
@@ -215,12 +207,4 @@ class ImageFetcher(Loop):
                 return
             job.status, job.finished_at, job.updated_at = jobs.ERROR, now, now
             job.details = {"error": f"the image could not be fetched from BFL: {reason}"}
-            await record_event(
-                session,
-                self.signals,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                type=jobs.EVENT_FAILED,
-                data=job_view(job, self.urls),
-                now=now,
-            )
+            await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_FAILED, now)

@@ -20,14 +20,14 @@ from sqlmodel import select
 from service import bfl as upstream
 from service import jobs, logs
 from service.db import Database
-from service.events import record_event
+from service.events import record_job_event
 from service.loops.base import Loop
 from service.metrics import Metrics
 from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job
 from service.schedule import backoff_s
 from service.signals import Signals
 from service.updates import apply_update
-from service.views import Urls, job_view
+from service.views import Urls
 
 log = logging.getLogger(__name__)
 RECONCILER_LOCK = 0x466C7578_02
@@ -167,13 +167,7 @@ class Reconciler(Loop):
                 "error": "BFL does not know this task on any host, and no webhook arrived "
                 "within the 10-minute image window"
             }
-            await record_event(
-                session,
-                self.signals,
-                tenant_id=current.tenant_id,
-                job_id=current.id,
-                type=jobs.EVENT_FAILED,
-                data=job_view(current, self.urls),
-                now=now,
+            await record_job_event(
+                session, self.signals, self.urls, current, jobs.EVENT_FAILED, now
             )
             await self.signals.after_commit(session, "admission")

@@ -2,7 +2,7 @@
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from service.emulator import EmulatorConfig, create_emulator_app
 from tests.support.servers import running_server
+from tests.support.waiting import wait_for
 
 KEY = "test-key"
 
@@ -57,16 +58,6 @@ async def emulator(config: EmulatorConfig | None = None, **kwargs) -> AsyncItera
     app = create_emulator_app(config or EmulatorConfig(seed=7), **kwargs)
     async with running_server(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         yield Emulator(url, http)
-
-
-async def wait_for(check: Callable[[], Awaitable], within: float = 10.0):
-    """The first truthy result of `check()`, polled until `within` seconds have passed."""
-    with anyio.fail_after(within):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await anyio.sleep(0.01)
 
 
 @dataclass

@@ -71,6 +71,17 @@ class Stack:
             response = await self.client.get(f"/v1/get_result?id={job_id}&wait={timeout_s}")
         return response.json()
 
+    def webhook(self, job_id: str) -> tuple[str, str]:
+        """The BFL webhook URL fluxhook gave this job, and the secret BFL would echo."""
+        signing, job = self.services.signing, uuid.UUID(job_id)
+        return f"{self.url}/webhooks/bfl/{signing.webhook_token(job)}", signing.webhook_secret(job)
+
+    async def post_webhook(self, job_id: str, body: dict) -> httpx.Response:
+        """POST `body` to the job's webhook as BFL would (with the right secret)."""
+        url, secret = self.webhook(job_id)
+        async with httpx.AsyncClient() as http:
+            return await http.post(url, json=body, headers={"x-webhook-secret": secret})
+
     async def new_key(self, name: str = "other") -> str:
         async with self.services.db.write() as session:
             return await create_key(session, name, self.services.clock.now())
