@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service import receiver
-from service.api import compat, deliveries, events, jobs, ops, subscriptions
+from service.api import compat, deliveries, events, jobs, models, openapi, ops, subscriptions
 from service.api.http import http_error
 from service.logs import RequestContext
 from service.runtime import running
@@ -41,6 +41,7 @@ def api_routes() -> list[BaseRoute]:
         Route(sub + "/enable", subscriptions.enable, methods=["POST"]),
         Route("/v1/deliveries", deliveries.list_deliveries, methods=["GET"]),
         Route("/v1/deliveries/{delivery_id}/redeliver", deliveries.redeliver, methods=["POST"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
         # Last: every BFL model route, including ones with a slash (flux-tools/erase-v1).
         Route("/v1/{model:path}", compat.submit, methods=["POST"]),
     ]
@@ -53,6 +54,7 @@ def ops_routes() -> list[BaseRoute]:
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/webhooks/bfl/{token}", receiver.receive, methods=["POST"]),
         Route("/images/{token}", jobs.signed_image, methods=["GET"]),
     ]

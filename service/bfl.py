@@ -16,6 +16,7 @@ Errors, translated once here at the edge:
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 
@@ -127,10 +128,15 @@ class BFLClient:
         return float(value)
 
     async def _call(self, method: str, url: str, json: dict | None = None) -> Any:
+        """One request, over within `timeout_s` in all (httpx's timeouts are per read, and
+        admission's lease on a submitting job relies on a bound for the whole call)."""
         try:
-            response = await self._http.request(
-                method, url, json=json, headers=self._headers, timeout=self._timeout
-            )
+            with anyio.fail_after(self.timeout_s):
+                response = await self._http.request(
+                    method, url, json=json, headers=self._headers, timeout=self._timeout
+                )
+        except TimeoutError as exc:
+            raise BFLTimeout("BFL did not answer in time") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise BFLUnavailable(f"could not reach BFL: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:

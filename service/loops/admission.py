@@ -76,8 +76,9 @@ class Admission(Loop):
         self.db, self.clock, self.bfl, self.signing = db, clock, bfl, signing
         self.urls, self.metrics, self.limits = urls, metrics, limits
         self.slack_s = slack_s
-        # A submit still unanswered after BFL's timeout (plus slack) is taken as cut short.
-        self.submit_lease = timedelta(seconds=bfl.timeout_s + slack_s)
+        # A submit is over within BFL_TIMEOUT_S; a lease twice that (plus slack) outlives
+        # it and the outcome's commit, so only a process that died leaves it to run out.
+        self.submit_lease = timedelta(seconds=2 * bfl.timeout_s + slack_s)
         self._rng = rng or random.Random()
 
     async def claim(self) -> list[Job]:
