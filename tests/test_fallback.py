@@ -187,3 +187,47 @@ async def test_idempotency_keys_last_a_day_and_bind_the_request(database_url):
             theirs = await b.post(f"/v1/{FAST_MODEL}", json={"prompt": "idempotent key-1"},
                                   headers={"idempotency-key": "key-1"})  # fmt: skip
         assert theirs.json()["id"] != first["id"], "keys are per tenant"
+
+
+async def test_upstream_429s_go_back_to_the_queue_until_slots_free(sqlite_url):
+    """BFL's limit is lower than fluxhook was told: its 429s requeue, nobody sees them."""
+    async with (
+        running_emulator(time_scale=0.05, active_limit=2) as emulator,
+        running_stack(sqlite_url, emulator, bfl_max_active=24) as stack,
+    ):
+        jobs = []
+        async with anyio.create_task_group() as tg:  # at once, so they overlap upstream
+            for _ in range(10):
+                tg.start_soon(lambda: _append(jobs, stack.submit(FAST_MODEL, **SMALL)))
+        assert {r["status"] for r in await _settle_all(stack, jobs)} == {"Ready"}
+        metrics = stack.services.metrics.upstream_responses
+        assert metrics.value(op="submit", outcome="429") > 0
+        assert metrics.value(op="submit", outcome="ok") == 10
+
+
+async def _append(items: list, awaitable) -> None:
+    items.append(await awaitable)
+
+
+async def test_a_task_no_host_knows_ends_in_error_after_the_image_window(database_url):
+    clock = FakeClock()
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(database_url, emulator, {"run_workers": False, "clock": clock}) as stack,
+        httpx.AsyncClient() as http,
+    ):
+        build_loops(stack.services, http, http)
+        admission, _, _, reconciler = stack.services.loops
+        job = await stack.submit(FAST_MODEL)
+        await admission.run_until_idle()
+        await http.post(f"{emulator.url}/_emulator/reset")  # BFL forgets the task
+        clock.advance(60)
+        await reconciler.run_until_idle()
+        detail = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+        assert detail["status"] == "Pending", "unknown for a minute: asked again later"
+        clock.advance(11 * 60)
+        await reconciler.run_until_idle()
+        detail = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+        assert detail["status"] == "Error"
+        assert "does not know this task on any host" in detail["details"]["error"]
+        assert detail["completed_via"] == "reconciler"
