@@ -279,3 +279,18 @@ async def _wait_attempted(stack) -> None:
         return rows and rows[0]["attempts"] > 0
 
     await wait_for(attempted)
+
+
+async def test_a_slow_subscriber_cannot_starve_the_others(database_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(database_url, emulator, delivery_timeout_s=5.0) as stack,
+        running_subscriber(default="stall") as slow,
+        running_subscriber() as fast,
+    ):
+        for subscriber in (slow, fast):
+            await _subscribe(stack, subscriber.url, events=["job.failed"])
+        for _ in range(10):
+            await _failed_job_event(stack)
+        await fast.wait_for(10, within_s=4.0)  # well before the slow one's first timeout
+        assert len(slow.received) == 4, "at most 4 in flight per subscription"

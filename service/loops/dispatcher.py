@@ -26,6 +26,7 @@ from service.signals import Signals
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 100
+DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
 
 
@@ -53,6 +54,9 @@ class Dispatcher(Loop):
 
     async def claim(self) -> list[uuid.UUID]:
         async with self.db.write() as session:
+            if self.db.is_postgres:
+                # One claim at a time across processes, so the per-subscription count holds.
+                await session.exec(sa.select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
             now = self.clock.now()
             room = await self._room(session, now)
             rows = (await session.exec(self._due(now))).all()
