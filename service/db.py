@@ -8,7 +8,7 @@ session and never commit.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -19,6 +19,7 @@ from service.settings import Settings
 # 30 s: how long a SQLite writer waits for the lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30
 AFTER_COMMIT = "fluxhook.after_commit"
+BEFORE_COMMIT = "fluxhook.before_commit"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -57,6 +58,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
+def before_commit(session: AsyncSession, name: str, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `await hook()` once, last thing inside the transaction (a second `name` is ignored)."""
+    session.info.setdefault(BEFORE_COMMIT, {}).setdefault(name, hook)
+
+
 def on_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     """Run `callback` once the session's transaction has committed (never on rollback)."""
     session.info.setdefault(AFTER_COMMIT, []).append(callback)
@@ -82,6 +88,8 @@ class Database:
         async with self._writers, self._write() as session:
             async with session.begin():
                 yield session
+                for hook in session.info.pop(BEFORE_COMMIT, {}).values():
+                    await hook()
             for callback in session.info.pop(AFTER_COMMIT, []):
                 callback()
 

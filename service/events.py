@@ -14,6 +14,7 @@ from sqlalchemy import func, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service.db import before_commit
 from service.models import Delivery, JobEvent, Subscription
 from service.signals import Signals
 from service.views import job_view
@@ -21,6 +22,11 @@ from service.views import job_view
 EVENTS_CHANNEL = "fluxhook_events"
 # PostgreSQL's NOTIFY payload limit is 8000 bytes; bigger events go by sequence number only.
 NOTIFY_PAYLOAD_LIMIT = 7900
+STAGED = "fluxhook.staged_events"
+# One round trip for all of a transaction's notifications, sent (and delivered) in order.
+NOTIFY_ALL = sa.text(
+    "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"
+)
 
 
 def envelope(event: JobEvent) -> dict:
@@ -44,18 +50,13 @@ async def record_event(
     data: dict,
     now: datetime,
 ) -> JobEvent:
-    postgres = session.bind.dialect.name == "postgresql"
-    if postgres:
-        # Held to commit: a tenant's event sequence numbers then commit in order, which is
-        # what lets an SSE client resume from one Last-Event-ID without gaps.
-        await session.exec(sa.select(func.pg_advisory_xact_lock(tenant_lock_key(tenant_id))))
+    """Stage an event in the caller's transaction. Its sequence number, the deliveries owed
+    for it and its notification are all settled once, just before the transaction commits,
+    together with every other event staged there (see `_settle`)."""
     event = JobEvent(tenant_id=tenant_id, job_id=job_id, type=type, data=data, created_at=now)
     session.add(event)
-    await session.flush()
-    owed = await _add_deliveries(session, event, now)
-    if postgres:
-        await session.exec(sa.select(func.pg_notify(EVENTS_CHANNEL, notify_payload(event))))
-    await signals.after_commit(session, "hub", *(["dispatcher"] if owed else []))
+    session.info.setdefault(STAGED, []).append(event)
+    before_commit(session, STAGED, lambda: _settle(session, signals, now))
     return event
 
 
@@ -74,29 +75,59 @@ async def record_job_event(
     )
 
 
-async def _add_deliveries(session: AsyncSession, event: JobEvent, now: datetime) -> int:
+async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> None:
+    events = session.info.pop(STAGED)
+    postgres = session.bind.dialect.name == "postgresql"
+    if postgres:
+        # Held to commit, and taken before sequence numbers are drawn: a tenant's events then
+        # commit in sequence order, which lets an SSE client resume from one Last-Event-ID.
+        for tenant_id in sorted({event.tenant_id for event in events}):
+            lock = func.pg_advisory_xact_lock(tenant_lock_key(tenant_id))
+            await session.exec(sa.select(lock))
+    await session.flush()
+    if await _add_deliveries(session, events, now):
+        await signals.after_commit(session, "dispatcher")
+    if postgres:
+        payloads = [notify_payload(event) for event in events]
+        await session.exec(NOTIFY_ALL, params={"channel": EVENTS_CHANNEL, "payloads": payloads})
+    else:
+        for event in events:
+            signals.publish_after_commit(session, event)
+
+
+async def _add_deliveries(session: AsyncSession, events: list[JobEvent], now: datetime) -> int:
+    """The outbox rows: one per (event, enabled subscription that asked for its type)."""
+    tenants = {event.tenant_id for event in events}
+    jobs = {event.job_id for event in events if event.job_id}
     query = select(Subscription).where(
-        Subscription.tenant_id == event.tenant_id,
+        Subscription.tenant_id.in_(tenants),
         Subscription.enabled,
-        or_(Subscription.job_id.is_(None), Subscription.job_id == event.job_id),
+        or_(Subscription.job_id.is_(None), Subscription.job_id.in_(jobs)),
     )
+    subscriptions = (await session.exec(query)).all()
     owed = 0
-    for subscription in (await session.exec(query)).all():
-        if event.type not in subscription.events:
-            continue
-        session.add(
-            Delivery(
-                tenant_id=event.tenant_id,
-                subscription_id=subscription.id,
-                job_id=event.job_id,
-                event_seq=event.seq,
-                event_type=event.type,
-                next_attempt_at=now,
-                created_at=now,
+    for event in events:
+        for subscription in subscriptions:
+            if not _wants(subscription, event):
+                continue
+            session.add(
+                Delivery(
+                    tenant_id=event.tenant_id,
+                    subscription_id=subscription.id,
+                    job_id=event.job_id,
+                    event_seq=event.seq,
+                    event_type=event.type,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
             )
-        )
-        owed += 1
+            owed += 1
     return owed
+
+
+def _wants(subscription: Subscription, event: JobEvent) -> bool:
+    mine = subscription.job_id is None or subscription.job_id == event.job_id
+    return mine and subscription.tenant_id == event.tenant_id and event.type in subscription.events
 
 
 def notify_payload(event: JobEvent) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import anyio
 import sqlalchemy as sa
 from sqlmodel import select
 
@@ -97,6 +98,8 @@ class Hub:
         self._listeners: dict[uuid.UUID, set[Listener]] = defaultdict(set)
         self._cursor: int | None = None
         self.closed = False
+        if not db.is_postgres:
+            signals.event_committed = self._committed_here
 
     @property
     def listener_count(self) -> int:
@@ -138,13 +141,20 @@ class Hub:
         else:
             await self._follow_table()
 
+    def _committed_here(self, row: JobEvent) -> None:
+        if self._cursor is not None:
+            self._cursor = max(self._cursor, row.seq)
+        self.publish(StreamEvent.from_row(row))
+
     async def _follow_table(self) -> None:
+        """SQLite: this process's events arrive as they commit; once a second, the table is
+        read for what other processes (a `fluxhook worker` beside `serve`) committed."""
         while True:
             await self.publish_new_rows()
-            await self._signals.wait("hub", timeout_s=1.0)
+            await anyio.sleep(1.0)
 
     async def publish_new_rows(self) -> None:
-        """SQLite: publish the rows committed since the last call, in sequence order."""
+        """Publish the rows committed since the last call, in sequence order."""
         async with self._db.read() as session:
             if self._cursor is None:
                 self._cursor = (await session.exec(sa.select(sa.func.max(JobEvent.seq)))).scalar()

@@ -11,6 +11,7 @@ happens after the response.
 import json
 import logging
 
+from sqlmodel import select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -42,22 +43,31 @@ async def receive(request: Request) -> JSONResponse:
 async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
     _verify(request, svc, job_id, body)
     update = _parse(svc, body)
-    async with svc.db.write() as session:
-        job = await session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise _reject(svc, 404, "unknown_job", "unknown webhook")
-        fetch_lease = svc.fetcher.lease if svc.fetcher else None
-        applied = await apply_update(
-            session,
-            svc.signals,
-            svc.urls,
-            job,
-            update,
-            via="webhook",
-            now=svc.clock.now(),
-            fetch_lease=fetch_lease,
-        )
+    applied = await svc.webhook_commits.submit((job_id, update))
+    if applied is None:
+        raise _reject(svc, 404, "unknown_job", "unknown webhook")
     return _acknowledge(svc, job_id, applied)
+
+
+async def apply_webhooks(svc, session, items: list) -> list:
+    """Group commit: concurrent webhooks' updates, each through the state machine, in one
+    transaction (jobs locked in id order). None for a job that does not exist."""
+    ids = sorted({job_id for job_id, _ in items})
+    query = select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+    found = {job.id: job for job in (await session.exec(query)).all()}
+    fetch_lease = svc.fetcher.lease if svc.fetcher else None
+    now = svc.clock.now()
+    results = []
+    for job_id, update in items:
+        job = found.get(job_id)
+        applied = None
+        if job is not None:
+            applied = await apply_update(
+                session, svc.signals, svc.urls, job, update,
+                via="webhook", now=now, fetch_lease=fetch_lease,
+            )  # fmt: skip
+        results.append(applied)
+    return results
 
 
 async def _bounded_body(request: Request, svc) -> bytes:

@@ -2,6 +2,7 @@
 down in order at shutdown (stop taking work, end streams, finish or release leases, exit)."""
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -11,7 +12,9 @@ import anyio
 import httpx
 from sqlalchemy.exc import IntegrityError
 
+from service import receiver
 from service.api.auth import KeyCache
+from service.batching import GroupCommit
 from service.bfl import BFLClient
 from service.clock import SystemClock
 from service.db import Database, create_engine
@@ -51,6 +54,7 @@ class Services:
     keys: KeyCache
     fetcher: ImageFetcher | None = None
     loops: list[Loop] = field(default_factory=list)
+    webhook_commits: GroupCommit | None = None
 
     def begin_shutdown(self) -> None:
         """SIGTERM: end every stream, and let the loops stop claiming work."""
@@ -107,7 +111,11 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
         ),
         svc.fetcher,
         Dispatcher(
-            **common, http=delivery_http, metrics=svc.metrics, timeout_s=s.delivery_timeout_s
+            **common,
+            http=delivery_http,
+            metrics=svc.metrics,
+            timeout_s=s.delivery_timeout_s,
+            per_subscription=s.delivery_concurrency,
         ),
         Reconciler(
             **common,
@@ -163,7 +171,7 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         settings.bfl_poll_hosts,
         timeout_s=settings.bfl_timeout_s,
     )
-    return Services(
+    svc = Services(
         settings=settings,
         db=db,
         clock=clock,
@@ -176,6 +184,8 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         metrics=Metrics(),
         keys=KeyCache(),
     )
+    svc.webhook_commits = GroupCommit(db, functools.partial(receiver.apply_webhooks, svc))
+    return svc
 
 
 @contextlib.asynccontextmanager

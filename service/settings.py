@@ -94,6 +94,7 @@ class Settings:
     reconcile_interval_s: float = 10.0
     reconcile_slack_s: float = 30.0  # a webhook is overdue at expected latency × 2 + this
     delivery_timeout_s: float = 10.0
+    delivery_concurrency: int = 16  # callbacks in flight per subscription, all processes
     image_fetch_timeout_s: float = 30.0
     sse_heartbeat_s: float = 15.0  # PaaS routers cut a stream idle for 55 s
 
@@ -137,6 +138,7 @@ class Settings:
             reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
             reconcile_slack_s=_number(env, "RECONCILE_SLACK_S", 30.0, float),
             delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
+            delivery_concurrency=max(1, _number(env, "DELIVERY_CONCURRENCY", 16)),
             image_fetch_timeout_s=_number(env, "IMAGE_FETCH_TIMEOUT_S", 30.0, float),
             sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
         )

@@ -7,6 +7,7 @@ other process (the hub's listener turns it back into a local wake).
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import func
@@ -21,6 +22,8 @@ class Signals:
     def __init__(self, postgres: bool) -> None:
         self._postgres = postgres
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        # Without NOTIFY (SQLite), committed events go straight to the in-process hub.
+        self.event_committed: Callable[[object], None] | None = None
 
     def wake(self, name: str) -> None:
         self._events[name].set()
@@ -36,6 +39,12 @@ class Signals:
         finally:
             event.clear()
         return True
+
+    def publish_after_commit(self, session: AsyncSession, event) -> None:
+        """SQLite: hand the event to this process's hub once it has committed. (Writers are
+        serialised, and after-commit hooks run in commit order, so events arrive in order.)"""
+        if self.event_committed is not None:
+            on_commit(session, lambda: self.event_committed(event))
 
     async def after_commit(self, session: AsyncSession, *names: str) -> None:
         """Wake `names` here once the session commits, and (PostgreSQL) in every process."""

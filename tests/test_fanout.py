@@ -284,7 +284,9 @@ async def _wait_attempted(stack) -> None:
 async def test_a_slow_subscriber_cannot_starve_the_others(database_url):
     async with (
         running_emulator(manual=True) as emulator,
-        running_stack(database_url, emulator, delivery_timeout_s=5.0) as stack,
+        running_stack(
+            database_url, emulator, delivery_timeout_s=5.0, delivery_concurrency=4
+        ) as stack,
         running_subscriber(default="stall") as slow,
         running_subscriber() as fast,
     ):

@@ -1,6 +1,7 @@
 """Server-Sent Events: live, resumable with Last-Event-ID, tenant-scoped, heartbeats, shutdown."""
 
 import uuid
+from types import SimpleNamespace
 
 import httpx
 
@@ -80,7 +81,7 @@ def _event(seq: int, tenant: uuid.UUID) -> StreamEvent:
 
 
 async def test_a_stream_that_falls_behind_resyncs_from_the_table_instead_of_growing():
-    hub = Hub(db=None, signals=None, backlog=3)
+    hub = Hub(db=SimpleNamespace(is_postgres=True), signals=None, backlog=3)
     tenant = uuid.uuid4()
     with hub.listen(tenant) as listener:
         for seq in range(1, 6):

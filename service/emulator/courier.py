@@ -80,8 +80,9 @@ class Courier:
         head = webhooks.headers(body, task.webhook_secret, config.signature_header)
         at = emulator.clock()
         emulator.store.stats.webhooks_attempted += 1
-        status_code, error = await webhooks.post_once(
-            emulator.http, task.webhook_url, body, head, config.webhook_timeout_s
-        )
+        async with emulator.webhook_gate:
+            status_code, error = await webhooks.post_once(
+                emulator.http, task.webhook_url, body, head, config.webhook_timeout_s
+            )
         task.attempts.append(Attempt(event.kind, at, status_code, error))
         return status_code

@@ -28,6 +28,9 @@ MODERATION_REASONS = ("Sexual Content", "Violence", "Public Figures", "Derivativ
 REQUEST_MODERATION_SHARE = 0.05  # request moderation answers in 5% of the model's latency
 
 
+WEBHOOK_CONCURRENCY = 64
+
+
 class Rejected(Exception):
     """BFL refuses the submit (402, 429); nothing was created or charged."""
 
@@ -61,6 +64,9 @@ class Emulator:
 
     def start(self, task_group, http: httpx.AsyncClient) -> None:
         self._task_group, self.http = task_group, http
+        # Fewer webhook POSTs in flight than the client's connections: a request queued
+        # inside httpcore's pool costs a rescan of the whole queue on every change.
+        self.webhook_gate = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
 
     def reset(self) -> None:
         for scope in list(self._scopes):

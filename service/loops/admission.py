@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x466C7578_01  # pg advisory lock: one admission claim at a time, all processes
 KONTEXT_MAX = "flux-kontext-max"
 GIVE_UP_AFTER = timedelta(hours=1)  # upstream failing this long fails the job
+# Submits in flight from one process: fewer than the HTTP client's connections, so that no
+# request waits inside httpcore's pool (whose queue handling is quadratic).
+SUBMIT_CONCURRENCY = 32
 RETRYABLE = (upstream.BFLRateLimited, upstream.BFLServerError, upstream.BFLUnavailable)
 
 
@@ -80,31 +83,38 @@ class Admission(Loop):
         # it and the outcome's commit, so only a process that died leaves it to run out.
         self.submit_lease = timedelta(seconds=2 * bfl.timeout_s + slack_s)
         self._rng = rng or random.Random()
+        self._submitting = 0
 
     async def claim(self) -> list[Job]:
+        room = SUBMIT_CONCURRENCY - self._submitting
+        if room <= 0:
+            return []
         async with self.db.write() as session:
             if self.db.is_postgres:
                 await session.exec(sa.select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
             now = self.clock.now()
-            claimed = await self._stale(session, now) + await self._fresh(session, now)
+            stale = await self._stale(session, now, room)
+            claimed = stale + await self._fresh(session, now, room - len(stale))
             for job in claimed:
                 job.holds_slot = True
                 job.admitted_at = job.admitted_at or now
                 job.submit_attempts += 1
                 job.lease_expires_at = now + self.submit_lease
-            return claimed
+        self._submitting += len(claimed)
+        return claimed
 
-    async def _stale(self, session, now: datetime) -> list[Job]:
+    async def _stale(self, session, now: datetime, room: int) -> list[Job]:
         """Submits that timed out or whose process died: their slot is already held."""
         query = (
             select(Job)
             .where(Job.status == jobs.QUEUED, Job.holds_slot, Job.lease_expires_at <= now)
             .order_by(Job.created_at, Job.id)
+            .limit(room)
             .with_for_update(skip_locked=True)
         )
         return list((await session.exec(query)).all())
 
-    async def _fresh(self, session, now: datetime) -> list[Job]:
+    async def _fresh(self, session, now: datetime, room: int) -> list[Job]:
         used = dict(
             (
                 await session.exec(
@@ -114,7 +124,7 @@ class Admission(Loop):
                 )
             ).all()
         )
-        free = self.limits.total - sum(used.values())
+        free = min(self.limits.total - sum(used.values()), room)
         free_kontext = self.limits.kontext_max - used.get(KONTEXT_MAX, 0)
         if free <= 0:
             return []
@@ -138,8 +148,12 @@ class Admission(Loop):
 
     async def work(self, job: Job) -> None:
         """Submit one job upstream. Cut short by shutdown, it is ambiguous: its lease runs out."""
-        with logs.job_context(job.id):
-            await self._submit(job)
+        try:
+            with logs.job_context(job.id):
+                await self._submit(job)
+        finally:
+            self._submitting -= 1
+            self.signals.wake(self.name)  # room for the next claim
 
     async def _submit(self, job: Job) -> None:
         webhook_url = self.urls.webhook(job.id)

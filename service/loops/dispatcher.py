@@ -25,7 +25,9 @@ from service.schedule import Attempt, Decision
 from service.signals import Signals
 
 log = logging.getLogger(__name__)
-CLAIM_BATCH = 100
+# POSTs in flight from one process: fewer than the client's connections, so none waits
+# inside httpcore's pool (whose queue handling is quadratic).
+SEND_CONCURRENCY = 64
 DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
 
@@ -42,7 +44,7 @@ class Dispatcher(Loop):
         http: httpx.AsyncClient,
         metrics: Metrics,
         timeout_s: float = 10.0,
-        per_subscription: int = 4,
+        per_subscription: int = 16,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
@@ -51,15 +53,19 @@ class Dispatcher(Loop):
         self.per_subscription = per_subscription
         self.lease = timedelta(seconds=timeout_s * 3)
         self._rng = rng or random.Random()
+        self._sending = 0
 
     async def claim(self) -> list[uuid.UUID]:
+        capacity = SEND_CONCURRENCY - self._sending
+        if capacity <= 0:
+            return []
         async with self.db.write() as session:
             if self.db.is_postgres:
                 # One claim at a time across processes, so the per-subscription count holds.
                 await session.exec(sa.select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
             now = self.clock.now()
             room = await self._room(session, now)
-            rows = (await session.exec(self._due(now))).all()
+            rows = (await session.exec(self._due(now, capacity))).all()
             claimed = []
             for delivery in rows:
                 free = room.get(delivery.subscription_id, self.per_subscription)
@@ -67,7 +73,8 @@ class Dispatcher(Loop):
                     room[delivery.subscription_id] = free - 1
                     delivery.lease_expires_at = now + self.lease
                     claimed.append(delivery.id)
-            return claimed
+        self._sending += len(claimed)
+        return claimed
 
     async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
         """Per busy subscription, how many more deliveries may be in flight (others: all)."""
@@ -77,7 +84,7 @@ class Dispatcher(Loop):
         busy = (await session.exec(in_flight.group_by(Delivery.subscription_id))).all()
         return {subscription_id: self.per_subscription - count for subscription_id, count in busy}
 
-    def _due(self, now: datetime):
+    def _due(self, now: datetime, capacity: int):
         ready = (
             sa.select(
                 Delivery.id,
@@ -97,7 +104,7 @@ class Dispatcher(Loop):
             select(Delivery)
             .where(Delivery.id.in_(ids.scalar_subquery()))
             .order_by(Delivery.next_attempt_at)
-            .limit(CLAIM_BATCH)
+            .limit(capacity)
             .with_for_update(skip_locked=True)
         )
 
@@ -109,6 +116,13 @@ class Dispatcher(Loop):
                     delivery.lease_expires_at = None
 
     async def work(self, delivery_id: uuid.UUID) -> None:
+        try:
+            await self._send(delivery_id)
+        finally:
+            self._sending -= 1
+            self.signals.wake(self.name)  # room for the next claim
+
+    async def _send(self, delivery_id: uuid.UUID) -> None:
         async with self.db.read() as session:
             delivery = await session.get(Delivery, delivery_id)
             subscription = await session.get(Subscription, delivery.subscription_id)
