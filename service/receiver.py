@@ -11,14 +11,13 @@ happens after the response.
 import json
 import logging
 
-from sqlmodel import select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service import jobs, logs
 from service.api.http import MIB, error, read_body, services
-from service.models import Job
+from service.records import lock_jobs, write_changes
 from service.signing import bfl_signature_matches
 from service.updates import apply_update
 
@@ -52,9 +51,7 @@ async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
 async def apply_webhooks(svc, session, items: list) -> list:
     """Group commit: concurrent webhooks' updates, each through the state machine, in one
     transaction (jobs locked in id order). None for a job that does not exist."""
-    ids = sorted({job_id for job_id, _ in items})
-    query = select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
-    found = {job.id: job for job in (await session.exec(query)).all()}
+    found = await lock_jobs(session, {job_id for job_id, _ in items})
     fetch_lease = svc.fetcher.lease if svc.fetcher else None
     now = svc.clock.now()
     results = []
@@ -67,6 +64,7 @@ async def apply_webhooks(svc, session, items: list) -> list:
                 via="webhook", now=now, fetch_lease=fetch_lease,
             )  # fmt: skip
         results.append(applied)
+    await write_changes(session, found.values())
     return results
 
 
