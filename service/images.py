@@ -4,6 +4,7 @@ disk) or in a directory (`IMAGE_STORE=fs:PATH`, one machine only)."""
 import hashlib
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +26,20 @@ def sniff_content_type(data: bytes) -> str | None:
         if data.startswith(magic) and (content_type != "image/webp" or data[8:12] == b"WEBP"):
             return content_type
     return None
+
+
+@dataclass(frozen=True)
+class FetchTask:
+    """What the fetcher needs to download one job's image (no database read)."""
+
+    job_id: uuid.UUID
+    sample_url: str
+    bfl_id: str | None
+    polling_url: str | None
+
+    @classmethod
+    def of(cls, job) -> "FetchTask":
+        return cls(job.id, job.sample_url, job.bfl_id, job.polling_url)
 
 
 class ImageStore:

@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse
 
 from service import jobs, logs
 from service.api.http import MIB, error, read_body, services
-from service.records import lock_jobs, write_changes
 from service.signing import bfl_signature_matches
 from service.updates import apply_update
 
@@ -42,30 +41,25 @@ async def receive(request: Request) -> JSONResponse:
 async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
     _verify(request, svc, job_id, body)
     update = _parse(svc, body)
-    applied = await svc.webhook_commits.submit((job_id, update))
+    applied = await svc.job_commits.submit((job_id, webhook_action(svc, update)))
     if applied is None:
         raise _reject(svc, 404, "unknown_job", "unknown webhook")
     return _acknowledge(svc, job_id, applied)
 
 
-async def apply_webhooks(svc, session, items: list) -> list:
-    """Group commit: concurrent webhooks' updates, each through the state machine, in one
-    transaction (jobs locked in id order). None for a job that does not exist."""
-    found = await lock_jobs(session, {job_id for job_id, _ in items})
-    fetch_lease = svc.fetcher.lease if svc.fetcher else None
-    now = svc.clock.now()
-    results = []
-    for job_id, update in items:
-        job = found.get(job_id)
-        applied = None
-        if job is not None:
-            applied = await apply_update(
-                session, svc.signals, svc.urls, job, update,
-                via="webhook", now=now, fetch_lease=fetch_lease,
-            )  # fmt: skip
-        results.append(applied)
-    await write_changes(session, found.values())
-    return results
+def webhook_action(svc, update: jobs.BflUpdate):
+    """What one webhook does to its job, inside a group commit (None: no such job)."""
+
+    async def act(session, job, now):
+        if job is None:
+            return None
+        fetch_lease = svc.fetcher.lease if svc.fetcher else None
+        return await apply_update(
+            session, svc.signals, svc.urls, job, update,
+            via="webhook", now=now, fetch_lease=fetch_lease,
+        )  # fmt: skip
+
+    return act
 
 
 async def _bounded_body(request: Request, svc) -> bytes:
@@ -106,6 +100,6 @@ def _acknowledge(svc, job_id, applied) -> JSONResponse:
     if applied.change.status in jobs.TERMINAL:
         svc.metrics.jobs_completed.inc(via="webhook")
         log.info("BFL finished the job: %s (webhook)", applied.change.status)
-    if applied.needs_image and svc.fetcher:
-        svc.fetcher.handoff(job_id)
+    if applied.fetch and svc.fetcher:
+        svc.fetcher.handoff(applied.fetch)
     return JSONResponse({"status": "applied"})

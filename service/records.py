@@ -48,3 +48,13 @@ async def write_changes(session: AsyncSession, records) -> None:
         values = {name: sa.bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in shape}
         update = sa.update(JOBS).where(JOBS.c.id == sa.bindparam("job")).values(values)
         await session.exec(update, params=params)
+
+
+async def act_on_jobs(session: AsyncSession, items: list, now) -> list:
+    """Group-commit body for per-job actions: `items` are (job_id, action) pairs, each run as
+    `await action(session, record, now)` on the locked record (None if no such job), in
+    order; then every change is written. Returns each action's result."""
+    records = await lock_jobs(session, {job_id for job_id, _ in items})
+    results = [await action(session, records.get(job_id), now) for job_id, action in items]
+    await write_changes(session, records.values())
+    return results

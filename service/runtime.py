@@ -12,7 +12,7 @@ import anyio
 import httpx
 from sqlalchemy.exc import IntegrityError
 
-from service import receiver
+from service.api import compat
 from service.api.auth import KeyCache
 from service.batching import GroupCommit
 from service.bfl import BFLClient
@@ -27,6 +27,7 @@ from service.loops.images import ImageFetcher
 from service.loops.reconciler import Reconciler
 from service.metrics import Metrics
 from service.models import AppSecret
+from service.records import act_on_jobs
 from service.settings import Settings
 from service.signals import Signals
 from service.signing import Signing
@@ -35,8 +36,10 @@ from service.views import Urls
 
 log = logging.getLogger(__name__)
 LOOP_GRACE_S = 10.0  # in-flight work may finish this long after SIGTERM; then it is released
-UPSTREAM_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-DELIVERY_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+# Every request scans the pool's connections (httpcore), so pools stay just above what the
+# loops put in flight: submits 32 + downloads 16 + polls 8; deliveries 64.
+UPSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+DELIVERY_LIMITS = httpx.Limits(max_connections=80, max_keepalive_connections=80)
 
 
 @dataclass
@@ -54,7 +57,8 @@ class Services:
     keys: KeyCache
     fetcher: ImageFetcher | None = None
     loops: list[Loop] = field(default_factory=list)
-    webhook_commits: GroupCommit | None = None
+    job_commits: GroupCommit | None = None  # per-job actions, group-committed
+    submit_commits: GroupCommit | None = None  # new jobs, group-committed
 
     def begin_shutdown(self) -> None:
         """SIGTERM: end every stream, and let the loops stop claiming work."""
@@ -97,11 +101,13 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
         store=svc.images,
         urls=svc.urls,
         metrics=svc.metrics,
+        commits=svc.job_commits,
         timeout_s=s.image_fetch_timeout_s,
     )
     svc.loops = [
         Admission(
             **common,
+            commits=svc.job_commits,
             bfl=svc.bfl,
             signing=svc.signing,
             urls=svc.urls,
@@ -184,7 +190,8 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         metrics=Metrics(),
         keys=KeyCache(),
     )
-    svc.webhook_commits = GroupCommit(db, functools.partial(receiver.apply_webhooks, svc))
+    svc.job_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock))
+    svc.submit_commits = GroupCommit(db, functools.partial(compat.create_jobs, svc))
     return svc
 
 
@@ -232,3 +239,7 @@ async def ensure_dev_key(db: Database, now) -> str:
         return key
     except IntegrityError:
         return await ensure_dev_key(db, now)
+
+
+async def _act_on_jobs(clock, session, items: list) -> list:
+    return await act_on_jobs(session, items, clock.now())

@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import jobs
 from service.events import record_job_event
+from service.images import FetchTask
 from service.models import Job
 from service.signals import Signals
 from service.views import Urls
@@ -19,10 +20,7 @@ from service.views import Urls
 @dataclass(frozen=True)
 class Applied:
     change: jobs.Change | None
-
-    @property
-    def needs_image(self) -> bool:
-        return self.change is not None and self.change.status == jobs.READY
+    fetch: FetchTask | None = None  # a Ready: the image to download now
 
 
 async def apply_update(
@@ -48,7 +46,8 @@ async def apply_update(
         await _finish_upstream(session, signals, job, update, via, now, fetch_lease)
     for event_type in change.events:
         await record_job_event(session, signals, urls, job, event_type, now)
-    return Applied(change)
+    fetch = FetchTask.of(job) if change.status == jobs.READY else None
+    return Applied(change, fetch)
 
 
 async def _finish_upstream(

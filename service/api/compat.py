@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -56,13 +57,29 @@ async def submit(request: Request) -> JSONResponse:
     ):
         return validation_error("webhook_url", reason, callback[0])
     key = _idempotency_key(request)
-    request_hash = _hash(spec.name, inputs, callback)
+    submission = Submission(
+        tenant_id, spec, inputs, price, callback, key, _hash(spec.name, inputs, callback)
+    )
     try:
-        response = await _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash)
+        response = await svc.submit_commits.submit(submission)
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other committed first.
-        response = await _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash)
+        response = await svc.submit_commits.submit(submission)
+    svc.metrics.jobs_submitted.inc(model=spec.name)
+    with logs.job_context(response["id"]):
+        log.info("job accepted (%s)", spec.name)
     return JSONResponse(response)
+
+
+@dataclass(frozen=True)
+class Submission:
+    tenant_id: uuid.UUID
+    spec: catalog.ModelSpec
+    inputs: dict
+    price: catalog.Price | None
+    callback: tuple[str | None, str | None]  # webhook_url, webhook_secret
+    key: str | None  # Idempotency-Key
+    request_hash: str
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -77,39 +94,43 @@ def _hash(model: str, inputs: dict, callback: tuple) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _create(svc, tenant_id, spec, inputs, price, callback, key, request_hash) -> dict:
-    async with svc.db.write() as session:
-        now = svc.clock.now()
-        if key is not None:
-            previous = await session.get(IdempotencyKey, (tenant_id, key))
-            if previous is not None and now - previous.created_at < IDEMPOTENCY_WINDOW:
-                if previous.request_hash != request_hash:
-                    raise error(422, "Idempotency-Key was already used with a different request")
-                return previous.response
-            if previous is not None:
-                await session.delete(previous)
-                await session.flush()
-        job = _new_job(tenant_id, spec, inputs, price, now)
-        session.add(job)
-        await session.flush()
-        if callback[0]:
-            session.add(_job_callback(job, *callback, now))
-        response = submit_response(job, svc.urls)
-        if key is not None:
-            session.add(
-                IdempotencyKey(
-                    tenant_id=tenant_id,
-                    key=key,
-                    request_hash=request_hash,
-                    job_id=job.id,
-                    response=response,
-                    created_at=now,
-                )
+async def create_jobs(svc, session, submissions: list[Submission]) -> list[dict]:
+    """Group-committed: concurrent submissions' jobs in one transaction, each answered with
+    BFL's response (or its first response, for a repeated Idempotency-Key)."""
+    now = svc.clock.now()
+    responses = [await _create(svc, session, submission, now) for submission in submissions]
+    await svc.signals.after_commit(session, "admission")
+    return responses
+
+
+async def _create(svc, session, sub: Submission, now) -> dict:
+    if sub.key is not None:
+        previous = await session.get(IdempotencyKey, (sub.tenant_id, sub.key))
+        if previous is not None and now - previous.created_at < IDEMPOTENCY_WINDOW:
+            if previous.request_hash != sub.request_hash:
+                raise error(422, "Idempotency-Key was already used with a different request")
+            return previous.response
+        if previous is not None:
+            await session.delete(previous)
+            await session.flush()
+    job = _new_job(sub.tenant_id, sub.spec, sub.inputs, sub.price, now)
+    session.add(job)
+    if sub.callback[0] or sub.key is not None:
+        await session.flush()  # rows that point at the job go in after it
+    if sub.callback[0]:
+        session.add(_job_callback(job, *sub.callback, now))
+    response = submit_response(job, svc.urls)
+    if sub.key is not None:
+        session.add(
+            IdempotencyKey(
+                tenant_id=sub.tenant_id,
+                key=sub.key,
+                request_hash=sub.request_hash,
+                job_id=job.id,
+                response=response,
+                created_at=now,
             )
-        await svc.signals.after_commit(session, "admission")
-    svc.metrics.jobs_submitted.inc(model=spec.name)
-    with logs.job_context(response["id"]):
-        log.info("job accepted (%s)", spec.name)
+        )
     return response
 
 

@@ -25,6 +25,7 @@ from sqlmodel import select
 
 from service import bfl as upstream
 from service import catalog, jobs, logs
+from service.batching import GroupCommit
 from service.db import Database
 from service.events import record_job_event
 from service.loops.base import Loop
@@ -72,6 +73,7 @@ class Admission(Loop):
         urls: Urls,
         metrics: Metrics,
         limits: Limits,
+        commits: GroupCommit,
         slack_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -79,6 +81,7 @@ class Admission(Loop):
         self.db, self.clock, self.bfl, self.signing = db, clock, bfl, signing
         self.urls, self.metrics, self.limits = urls, metrics, limits
         self.slack_s = slack_s
+        self.commits = commits
         # A submit is over within BFL_TIMEOUT_S; a lease twice that (plus slack) outlives
         # it and the outcome's commit, so only a process that died leaves it to run out.
         self.submit_lease = timedelta(seconds=2 * bfl.timeout_s + slack_s)
@@ -169,9 +172,8 @@ class Admission(Loop):
         await self._apply(job.id, functools.partial(self._accepted, submitted=submitted))
 
     async def _apply(self, job_id: uuid.UUID, outcome) -> None:
-        async with self.db.write() as session:
-            job = await session.get(Job, job_id, with_for_update=True)
-            await outcome(session, job, self.clock.now())
+        """Record a submit's outcome (group-committed with other jobs' changes)."""
+        await self.commits.submit((job_id, outcome))
 
     async def _accepted(self, session, job: Job, now, *, submitted: upstream.Submitted) -> None:
         job.bfl_id = job.bfl_id or submitted.id

@@ -7,6 +7,7 @@ and applies the pure schedule of `service.schedule`.
 import logging
 import random
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
@@ -15,6 +16,7 @@ from sqlalchemy import func, or_
 from sqlmodel import select
 
 from service import schedule
+from service.batching import GroupCommit
 from service.callbacks import body_for, headers_for, message_id
 from service.db import Database
 from service.events import record_event
@@ -30,6 +32,37 @@ log = logging.getLogger(__name__)
 SEND_CONCURRENCY = 64
 DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Send:
+    """A claimed delivery with what it carries: no read is needed to send it."""
+
+    delivery: Delivery
+    subscription: Subscription
+    event: JobEvent
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery_id: uuid.UUID
+    attempt: Attempt
+    error: str | None
+    decision: Decision
+    event_at: datetime
+
+
+async def _with_what_they_carry(session, deliveries: list[Delivery]) -> list[Send]:
+    if not deliveries:
+        return []
+    owners = {d.subscription_id for d in deliveries}
+    seqs = {d.event_seq for d in deliveries}
+    query = select(Subscription).where(Subscription.id.in_(owners))
+    subscriptions = {s.id: s for s in (await session.exec(query)).all()}
+    events = {
+        e.seq: e for e in (await session.exec(select(JobEvent).where(JobEvent.seq.in_(seqs)))).all()
+    }
+    return [Send(d, subscriptions[d.subscription_id], events[d.event_seq]) for d in deliveries]
 
 
 class Dispatcher(Loop):
@@ -54,6 +87,7 @@ class Dispatcher(Loop):
         self.lease = timedelta(seconds=timeout_s * 3)
         self._rng = rng or random.Random()
         self._sending = 0
+        self._outcomes = GroupCommit(db, self._record)
 
     async def claim(self) -> list[uuid.UUID]:
         capacity = SEND_CONCURRENCY - self._sending
@@ -72,9 +106,10 @@ class Dispatcher(Loop):
                 if free > 0:
                     room[delivery.subscription_id] = free - 1
                     delivery.lease_expires_at = now + self.lease
-                    claimed.append(delivery.id)
-        self._sending += len(claimed)
-        return claimed
+                    claimed.append(delivery)
+            sends = await _with_what_they_carry(session, claimed)
+        self._sending += len(sends)
+        return sends
 
     async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
         """Per busy subscription, how many more deliveries may be in flight (others: all)."""
@@ -108,25 +143,22 @@ class Dispatcher(Loop):
             .with_for_update(skip_locked=True)
         )
 
-    async def release(self, items: list[uuid.UUID]) -> None:
+    async def release(self, items: list["Send"]) -> None:
         async with self.db.write() as session:
-            for delivery_id in items:
-                delivery = await session.get(Delivery, delivery_id, with_for_update=True)
+            for send in items:
+                delivery = await session.get(Delivery, send.delivery.id, with_for_update=True)
                 if delivery is not None and delivery.status == PENDING:
                     delivery.lease_expires_at = None
 
-    async def work(self, delivery_id: uuid.UUID) -> None:
+    async def work(self, send: "Send") -> None:
         try:
-            await self._send(delivery_id)
+            await self._send(send)
         finally:
             self._sending -= 1
             self.signals.wake(self.name)  # room for the next claim
 
-    async def _send(self, delivery_id: uuid.UUID) -> None:
-        async with self.db.read() as session:
-            delivery = await session.get(Delivery, delivery_id)
-            subscription = await session.get(Subscription, delivery.subscription_id)
-            event = await session.get(JobEvent, delivery.event_seq)
+    async def _send(self, send: "Send") -> None:
+        delivery, subscription, event = send.delivery, send.subscription, send.event
         now = self.clock.now()
         body = body_for(subscription, event)
         headers = headers_for(subscription, message_id(delivery.id), body, now)
@@ -141,7 +173,8 @@ class Dispatcher(Loop):
                 error,
             )
         self.metrics.delivery_attempts.inc(outcome=decision.outcome)
-        await self._record(delivery_id, attempt, error, decision, event)
+        outcome = Outcome(delivery.id, attempt, error, decision, event.created_at)
+        await self._outcomes.submit(outcome)
 
     async def _post(self, url: str, body: bytes, headers: dict) -> tuple[Attempt, str | None]:
         try:
@@ -156,31 +189,42 @@ class Dispatcher(Loop):
         error = None if response.is_success else f"HTTP {response.status_code}"
         return Attempt(response.status_code, retry_after), error
 
-    async def _record(
-        self, delivery_id, attempt: Attempt, error, decision: Decision, event
-    ) -> None:
-        async with self.db.write() as session:
-            delivery = await session.get(Delivery, delivery_id, with_for_update=True)
-            subscription = await session.get(Subscription, delivery.subscription_id)
-            now = self.clock.now()
-            delivery.attempts += 1
-            delivery.last_attempt_at, delivery.lease_expires_at = now, None
-            delivery.last_status_code, delivery.last_error = attempt.status_code, error
-            if decision.outcome == schedule.DELIVERED:
-                delivery.status, delivery.delivered_at = schedule.DELIVERED, now
-                subscription.failing_since = None
-                self.metrics.delivery_latency.observe((now - event.created_at).total_seconds())
-                return
-            subscription.failing_since = subscription.failing_since or now
-            if decision.outcome == schedule.RETRY:
-                delivery.next_attempt_at = decision.next_attempt_at
-            else:
-                delivery.status = schedule.DEAD
-                self.metrics.delivery_failures.inc()
-            if decision.outcome == schedule.GONE:
-                await self._disable(session, subscription, "the endpoint answered 410 Gone", now)
-            elif schedule.should_disable(subscription.failing_since, now):
-                await self._disable(session, subscription, "every attempt failed for 5 days", now)
+    async def _record(self, session, outcomes: list["Outcome"]) -> list[None]:
+        """Group-committed: several deliveries' outcomes in one transaction."""
+        ids = [outcome.delivery_id for outcome in outcomes]
+        query = select(Delivery).where(Delivery.id.in_(ids)).with_for_update()
+        deliveries = {d.id: d for d in (await session.exec(query)).all()}
+        owners = {d.subscription_id for d in deliveries.values()}
+        query = select(Subscription).where(Subscription.id.in_(owners))
+        subscriptions = {s.id: s for s in (await session.exec(query)).all()}
+        now = self.clock.now()
+        for outcome in outcomes:
+            delivery = deliveries[outcome.delivery_id]
+            subscription = subscriptions[delivery.subscription_id]
+            await self._record_one(session, delivery, subscription, outcome, now)
+        return [None] * len(outcomes)
+
+    async def _record_one(self, session, delivery, subscription, outcome, now) -> None:
+        decision = outcome.decision
+        delivery.attempts += 1
+        delivery.last_attempt_at, delivery.lease_expires_at = now, None
+        delivery.last_status_code = outcome.attempt.status_code
+        delivery.last_error = outcome.error
+        if decision.outcome == schedule.DELIVERED:
+            delivery.status, delivery.delivered_at = schedule.DELIVERED, now
+            subscription.failing_since = None
+            self.metrics.delivery_latency.observe((now - outcome.event_at).total_seconds())
+            return
+        subscription.failing_since = subscription.failing_since or now
+        if decision.outcome == schedule.RETRY:
+            delivery.next_attempt_at = decision.next_attempt_at
+        else:
+            delivery.status = schedule.DEAD
+            self.metrics.delivery_failures.inc()
+        if decision.outcome == schedule.GONE:
+            await self._disable(session, subscription, "the endpoint answered 410 Gone", now)
+        elif schedule.should_disable(subscription.failing_since, now):
+            await self._disable(session, subscription, "every attempt failed for 5 days", now)
 
     async def _disable(self, session, subscription: Subscription, reason: str, now) -> None:
         if not subscription.enabled:

@@ -6,9 +6,9 @@ process's lease that expired, a retry that came due) is claimed from the table.
 """
 
 import asyncio
+import functools
 import logging
 import random
-import uuid
 from datetime import timedelta
 
 import anyio
@@ -17,10 +17,11 @@ from sqlalchemy import or_
 from sqlmodel import select
 
 from service import jobs, logs
+from service.batching import GroupCommit
 from service.bfl import BFLClient, BFLError
 from service.db import Database
 from service.events import record_job_event
-from service.images import ImageStore, sniff_content_type
+from service.images import FetchTask, ImageStore, sniff_content_type
 from service.loops.base import Loop
 from service.metrics import Metrics
 from service.models import Job
@@ -85,6 +86,7 @@ class ImageFetcher(Loop):
         store: ImageStore,
         urls: Urls,
         metrics: Metrics,
+        commits: GroupCommit,
         timeout_s: float = 30.0,
         concurrency: int = 16,
         rng: random.Random | None = None,
@@ -93,17 +95,18 @@ class ImageFetcher(Loop):
         self.db, self.clock, self.http, self.bfl = db, clock, http, bfl
         self.store, self.urls, self.metrics = store, urls, metrics
         self.timeout_s = timeout_s
+        self.commits = commits
         # Held while one process fetches; if that process dies, another may try after it.
         self.lease = timedelta(seconds=timeout_s * 1.5 + 2)
         self._limit = anyio.CapacityLimiter(concurrency)
-        self._handoffs: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._handoffs: asyncio.Queue[FetchTask] = asyncio.Queue()
         self._rng = rng or random.Random()
 
-    def handoff(self, job_id: uuid.UUID) -> None:
+    def handoff(self, task: FetchTask) -> None:
         """The caller committed this job as Ready with a lease for this process."""
-        self._handoffs.put_nowait(job_id)
+        self._handoffs.put_nowait(task)
 
-    async def claim(self) -> list[uuid.UUID]:
+    async def claim(self) -> list[FetchTask]:
         """Handed-off jobs first (already leased to us), then due jobs from the table."""
         handed = []
         while not self._handoffs.empty():
@@ -121,14 +124,14 @@ class ImageFetcher(Loop):
         while True:
             tg.start_soon(self._tracked, await self._handoffs.get())
 
-    async def release(self, items: list[uuid.UUID]) -> None:
+    async def release(self, items: list[FetchTask]) -> None:
         async with self.db.write() as session:
-            for job_id in items:
-                job = await session.get(Job, job_id, with_for_update=True)
+            for task in items:
+                job = await session.get(Job, task.job_id, with_for_update=True)
                 if job is not None and job.status == jobs.READY and not job.image_stored:
                     job.lease_expires_at = None
 
-    async def _claim_due(self) -> list[uuid.UUID]:
+    async def _claim_due(self) -> list[FetchTask]:
         async with self.db.write() as session:
             now = self.clock.now()
             query = (
@@ -142,34 +145,35 @@ class ImageFetcher(Loop):
             claimed = (await session.exec(query)).all()
             for job in claimed:
                 job.lease_expires_at = now + self.lease
-            return [job.id for job in claimed]
+            return [FetchTask.of(job) for job in claimed]
 
-    async def work(self, job_id: uuid.UUID) -> None:
-        with logs.job_context(job_id):
-            await self._fetch(job_id)
+    async def work(self, task: FetchTask) -> None:
+        with logs.job_context(task.job_id):
+            await self._fetch(task)
 
-    async def _fetch(self, job_id: uuid.UUID) -> None:
+    async def _fetch(self, task: FetchTask) -> None:
         async with self._limit:
-            async with self.db.read() as session:
-                job = await session.get(Job, job_id)
-            if job is None or job.status != jobs.READY or job.image_stored:
-                return
             try:
-                data, content_type = await self._download(job)
+                data, content_type = await self._download(task)
             except FetchFailed as exc:
                 self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
-                await self._retry_later(job_id, str(exc))
+                await self.commits.submit(
+                    (task.job_id, functools.partial(self._retry_later, reason=str(exc)))
+                )
                 return
-            await self._store(job_id, data, content_type)
+            stored = functools.partial(self._store, data=data, content_type=content_type)
+            if await self.commits.submit((task.job_id, stored)):
+                self.metrics.images_stored.inc()
+                log.info("image stored (%d bytes, %s)", len(data), content_type)
 
-    async def _download(self, job: Job) -> tuple[bytes, str]:
+    async def _download(self, job: FetchTask) -> tuple[bytes, str]:
         try:
             return await download(self.http, job.sample_url, self.timeout_s)
         except UrlExpired:
             fresh = await self._fresh_sample(job)
             return await download(self.http, fresh, self.timeout_s)
 
-    async def _fresh_sample(self, job: Job) -> str:
+    async def _fresh_sample(self, job: FetchTask) -> str:
         """An expired URL: a new get_result signs a new one."""
         try:
             update = jobs.parse_update(await self.bfl.get_result(job.bfl_id, job.polling_url))
@@ -179,32 +183,26 @@ class ImageFetcher(Loop):
             raise FetchFailed(f"BFL no longer reports the task Ready ({update.status})")
         return update.result["sample"]
 
-    async def _store(self, job_id: uuid.UUID, data: bytes, content_type: str) -> None:
-        async with self.db.write() as session:
-            job = await session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != jobs.READY or job.image_stored:
-                return  # another process stored it first
-            now = self.clock.now()
-            await self.store.save(session, job_id, data, content_type, now)
-            job.image_stored, job.finished_at, job.updated_at = True, now, now
-            job.lease_expires_at = None
-            await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_READY, now)
-        self.metrics.images_stored.inc()
-        log.info("image stored (%d bytes, %s)", len(data), content_type)
+    async def _store(self, session, job, now, *, data: bytes, content_type: str) -> bool:
+        """Inside a group commit: keep the bytes, mark the job, announce `job.ready`."""
+        if job is None or job.status != jobs.READY or job.image_stored:
+            return False  # another process stored it first
+        await self.store.save(session, job.id, data, content_type, now)
+        job.image_stored, job.finished_at, job.updated_at = True, now, now
+        job.lease_expires_at = None
+        await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_READY, now)
+        return True
 
-    async def _retry_later(self, job_id: uuid.UUID, reason: str) -> None:
-        async with self.db.write() as session:
-            job = await session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status != jobs.READY or job.image_stored:
-                return
-            now = self.clock.now()
-            job.fetch_attempts += 1
-            job.lease_expires_at = None
-            if now - job.upstream_ready_at < GIVE_UP_AFTER:
-                delay = backoff_s(job.fetch_attempts, base_s=1.0, cap_s=30.0, rng=self._rng)
-                job.next_attempt_at = now + timedelta(seconds=delay)
-                log.warning("image fetch for job %s failed (%s); retrying", job_id, reason)
-                return
-            job.status, job.finished_at, job.updated_at = jobs.ERROR, now, now
-            job.details = {"error": f"the image could not be fetched from BFL: {reason}"}
-            await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_FAILED, now)
+    async def _retry_later(self, session, job, now, *, reason: str) -> None:
+        if job is None or job.status != jobs.READY or job.image_stored:
+            return
+        job.fetch_attempts += 1
+        job.lease_expires_at = None
+        if now - job.upstream_ready_at < GIVE_UP_AFTER:
+            delay = backoff_s(job.fetch_attempts, base_s=1.0, cap_s=30.0, rng=self._rng)
+            job.next_attempt_at = now + timedelta(seconds=delay)
+            log.warning("image fetch failed (%s); retrying in %.1fs", reason, delay)
+            return
+        job.status, job.finished_at, job.updated_at = jobs.ERROR, now, now
+        job.details = {"error": f"the image could not be fetched from BFL: {reason}"}
+        await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_FAILED, now)
