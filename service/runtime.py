@@ -29,6 +29,7 @@ from service.metrics import Metrics
 from service.models import AppSecret
 from service.records import act_on_jobs
 from service.settings import Settings
+from service.shards import sharded
 from service.signals import Signals
 from service.signing import Signing
 from service.targets import GuardedBackend, GuardedTransport
@@ -36,10 +37,11 @@ from service.views import Urls
 
 log = logging.getLogger(__name__)
 LOOP_GRACE_S = 10.0  # in-flight work may finish this long after SIGTERM; then it is released
-# Every request scans the pool's connections (httpcore), so pools stay just above what the
-# loops put in flight: submits 32 + downloads 16 + polls 8; deliveries 64.
+# Just above what the loops put in flight: submits 32 + downloads 16 + polls 8; deliveries
+# 64. Each request scans its pool's connections (httpcore), so each is split into small pools.
 UPSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 DELIVERY_LIMITS = httpx.Limits(max_connections=80, max_keepalive_connections=80)
+POOL_SHARDS = 8
 
 
 @dataclass
@@ -156,12 +158,16 @@ async def running(
 
 @contextlib.asynccontextmanager
 async def _clients(settings: Settings, upstream_transport, delivery_transport):
-    guarded = GuardedTransport(
-        GuardedBackend(allow_private=settings.allow_private_targets), DELIVERY_LIMITS
+    backend = GuardedBackend(allow_private=settings.allow_private_targets)
+    guarded = sharded(
+        lambda limits: GuardedTransport(backend, limits), DELIVERY_LIMITS, POOL_SHARDS
     )
-    upstream = httpx.AsyncClient(
-        transport=upstream_transport, limits=UPSTREAM_LIMITS, trust_env=False
+    direct = sharded(
+        lambda limits: httpx.AsyncHTTPTransport(limits=limits, trust_env=False),
+        UPSTREAM_LIMITS,
+        POOL_SHARDS,
     )
+    upstream = httpx.AsyncClient(transport=upstream_transport or direct, trust_env=False)
     delivery = httpx.AsyncClient(transport=delivery_transport or guarded, follow_redirects=False)
     async with upstream, delivery:
         yield upstream, delivery
