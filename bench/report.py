@@ -130,6 +130,19 @@ def _stream_rows(small: int, large: int) -> list[Row]:
     return [
         Row(f"fan-out p99, N={small}", f"streams_{small}", "fanout_p99_ms", "ms"),
         Row(f"fan-out p99, N={large}", f"streams_{large}", "fanout_p99_ms", "ms", at_most(100)),
+        Row(f"  fan-out p50, N={large}", f"streams_{large}", "fanout_p50_ms", "ms"),
+        Row(
+            "  CPU per event to all N: fluxhook",
+            f"streams_{large}",
+            "fluxhook_cpu_ms_per_event",
+            "ms",
+        ),
+        Row(
+            "  CPU per event to all N: the generator",
+            f"streams_{large}",
+            "generator_cpu_ms_per_event",
+            "ms",
+        ),
         Row(f"RSS peak, N={small}", f"streams_{small}", "rss_peak_mb", "MB"),
         Row(f"RSS peak, N={large}", f"streams_{large}", "rss_peak_mb", "MB", at_most(250)),
     ]

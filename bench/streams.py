@@ -6,11 +6,13 @@ the event's own timestamp (set in the transaction that records it) to the client
 Resident memory: with the N streams open and idle, and at its peak under the events.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from bench import listen
+from bench import listen, profiling
 from bench.loadgen import open_loop
+from bench.processes import cpu_seconds
 from bench.stack import Databases, running_stack
 from bench.stats import latency_ms
 
@@ -38,17 +40,27 @@ async def measure(plan: Plan, databases: Databases, workdir, clients: int) -> di
         ):
             idle = stack.meter.summary("rss_idle")
             stack.meter.reset()
-            load = await open_loop(plan.rate, plan.jobs, stack.submit)
-            for stream in streams:
-                await stream.wait_for("job.ready", plan.jobs, DRAIN_S)
+            # With --profile, the events alone as well (…-events.txt): not the connects.
+            generator_cpu_from = time.process_time()
+            fluxhook_cpu_from = cpu_seconds(stack.process.pid)
+            async with profiling.sampling(stack.process.pid, "-events"):
+                load = await open_loop(plan.rate, plan.jobs, stack.submit)
+                for stream in streams:
+                    await stream.wait_for("job.ready", plan.jobs, DRAIN_S)
+            generator_cpu_s = time.process_time() - generator_cpu_from
+            fluxhook_cpu_s = cpu_seconds(stack.process.pid) - fluxhook_cpu_from
             rss = stack.meter.summary()
     delays = [arrival - _timestamp(body) for s in streams for arrival, _, body in s.events()]
-    expected = clients * plan.jobs * EVENTS_PER_JOB
+    events = plan.jobs * EVENTS_PER_JOB
+    expected = clients * events
     return {
         **latency_ms(delays, "fanout"),
         "delivered_share": round(len(delays) / expected, 4),
         "rss_idle_mb": idle["rss_idle_end_mb"],
         **rss,
+        # CPU per event for all N clients (the load generator reads every stream).
+        "fluxhook_cpu_ms_per_event": round(1000 * fluxhook_cpu_s / events, 1),
+        "generator_cpu_ms_per_event": round(1000 * generator_cpu_s / events, 1),
         "load": load.summary(),
     }
 
