@@ -158,17 +158,23 @@ async def running(
 
 @contextlib.asynccontextmanager
 async def _clients(settings: Settings, upstream_transport, delivery_transport):
-    backend = GuardedBackend(allow_private=settings.allow_private_targets)
-    guarded = sharded(
-        lambda limits: GuardedTransport(backend, limits), DELIVERY_LIMITS, POOL_SHARDS
+    # Loading the CA bundle takes tens of milliseconds: once, for all the pools.
+    tls = httpx.create_ssl_context()
+    if upstream_transport is None:
+        upstream_transport = sharded(
+            lambda limits: httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=False),
+            UPSTREAM_LIMITS,
+            POOL_SHARDS,
+        )
+    if delivery_transport is None:
+        backend = GuardedBackend(allow_private=settings.allow_private_targets)
+        delivery_transport = sharded(
+            lambda limits: GuardedTransport(backend, limits, tls), DELIVERY_LIMITS, POOL_SHARDS
+        )
+    upstream = httpx.AsyncClient(transport=upstream_transport, trust_env=False)
+    delivery = httpx.AsyncClient(
+        transport=delivery_transport, follow_redirects=False, trust_env=False
     )
-    direct = sharded(
-        lambda limits: httpx.AsyncHTTPTransport(limits=limits, trust_env=False),
-        UPSTREAM_LIMITS,
-        POOL_SHARDS,
-    )
-    upstream = httpx.AsyncClient(transport=upstream_transport or direct, trust_env=False)
-    delivery = httpx.AsyncClient(transport=delivery_transport or guarded, follow_redirects=False)
     async with upstream, delivery:
         yield upstream, delivery
 
