@@ -30,12 +30,12 @@ async def measure(databases: Databases, workdir: Path, engine: str, stage: str) 
     """fluxhook's CPU milliseconds per job for one set-up."""
     with databases.fresh(engine) as database_url:
         manual = stage == STAGES[0]
-        async with contextlib.AsyncExitStack() as stack_of:
-            stack = await stack_of.enter_async_context(
+        async with contextlib.AsyncExitStack() as context:
+            stack = await context.enter_async_context(
                 running_stack(workdir, database_url, manual=manual, latency_s=0.5)
             )
             if stage == STAGES[2]:
-                sink = await stack_of.enter_async_context(listen.sink())
+                sink = await context.enter_async_context(listen.sink())
                 await stack.subscribe(sink.url, ["job.ready"])
             started = cpu_seconds(stack.process.pid)
             load = await open_loop(RATE, JOBS, stack.submit)
@@ -59,14 +59,16 @@ async def main(engines: list[str]) -> None:
     print(f"fluxhook CPU per job, {JOBS} jobs at {RATE}/s (python -m bench.cost)")
     with tempfile.TemporaryDirectory(prefix="fluxhook-cost-") as tmp:
         databases = Databases(Path(tmp))
-        for engine in engines:
-            if engine == "postgres" and not databases.has_postgres:
-                print("postgres: skipped (no PostgreSQL)")
-                continue
-            for stage in STAGES:
-                cost = await measure(databases, Path(tmp), engine, stage)
-                print(f"  {engine:<9} {stage:<28} {cost:7.2f} ms")
-        databases.close()
+        try:
+            for engine in engines:
+                if engine == "postgres" and not databases.has_postgres:
+                    print("postgres: skipped (no PostgreSQL)")
+                    continue
+                for stage in STAGES:
+                    cost = await measure(databases, Path(tmp), engine, stage)
+                    print(f"  {engine:<9} {stage:<28} {cost:7.2f} ms")
+        finally:
+            databases.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Group commit: concurrent writers share one transaction.
 
 Each transaction costs round trips (BEGIN, the statements, COMMIT) that dwarf the work of
-one small change; under load many small changes wait for the same database anyway. The
-first caller to arrive leads: it takes everything queued, applies it in one write
-transaction, answers every caller, and repeats while more arrived meanwhile. Callers
-still return only after their change has committed. If a batch fails, its items are
-retried one by one, so one bad item fails alone.
+one small change; under load many small changes wait for the same database anyway. A caller
+that finds no batch in progress leads: it takes what is queued (its own change among it),
+applies it in one write transaction and answers every caller in it. Then leadership passes
+to a caller still waiting, so no caller waits on batches after its own, however long the
+load lasts. Callers return only after their change has committed. If a batch fails, its
+items are retried one by one, so one bad item fails alone.
 """
 
 import asyncio
@@ -30,25 +31,41 @@ class GroupCommit(Generic[Item, Result]):
         self._max_items = max_items
         self._queue: list[tuple[Item, asyncio.Future]] = []
         self._leading = False
+        self._batch_over = asyncio.Event()
 
     async def submit(self, item: Item) -> Result:
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        if not self._leading:
-            # Shielded: the leader's own caller going away must not strand the others.
-            with anyio.CancelScope(shield=True):
-                await self._lead()
-        return await future
-
-    async def _lead(self) -> None:
-        self._leading = True
+        entry = (item, asyncio.get_running_loop().create_future())
+        self._queue.append(entry)
+        future = entry[1]
         try:
-            while self._queue:
-                batch = self._queue[: self._max_items]
-                del self._queue[: self._max_items]
-                await self._commit(batch)
+            while not future.done():
+                if self._leading:
+                    await self._batch_over.wait()
+                else:
+                    # Shielded: the leader's own caller going away must not strand the others.
+                    with anyio.CancelScope(shield=True):
+                        await self._lead_one_batch()
+        except BaseException:
+            self._forget(entry)  # cancelled while it waited: its change is not made
+            raise
+        return future.result()
+
+    async def _lead_one_batch(self) -> None:
+        self._leading = True
+        batch = self._queue[: self._max_items]
+        del self._queue[: self._max_items]
+        try:
+            await self._commit(batch)
         finally:
             self._leading = False
+            self._batch_over.set()  # the waiting callers: answered, or one of them leads next
+            self._batch_over = asyncio.Event()
+
+    def _forget(self, entry: tuple[Item, asyncio.Future]) -> None:
+        for index, queued in enumerate(self._queue):
+            if queued is entry:
+                del self._queue[index]
+                return
 
     async def _commit(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         try:

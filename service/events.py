@@ -29,7 +29,7 @@ NOTIFY_ALL = sa.text(
 )
 
 
-def envelope(event: JobEvent) -> dict:
+def envelope(event: "JobEvent | StagedEvent") -> dict:
     """The Standard Webhooks body, also the data of each SSE message."""
     timestamp = event.created_at.isoformat().replace("+00:00", "Z")
     return {"type": event.type, "timestamp": timestamp, "data": event.data}

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from service.db import Database
-from service.events import EVENTS_CHANNEL, envelope
+from service.events import EVENTS_CHANNEL, StagedEvent, envelope
 from service.models import JobEvent
 from service.signals import WAKE_CHANNEL, Signals
 
@@ -39,7 +39,7 @@ class StreamEvent:
     body: str  # the serialised envelope, shared by every stream
 
     @classmethod
-    def from_row(cls, row: JobEvent) -> "StreamEvent":
+    def from_row(cls, row: "JobEvent | StagedEvent") -> "StreamEvent":
         body = json.dumps(envelope(row), separators=(",", ":"))
         return cls(row.seq, row.tenant_id, row.job_id, row.type, body)
 
@@ -141,7 +141,7 @@ class Hub:
         else:
             await self._follow_table()
 
-    def _committed_here(self, row: JobEvent) -> None:
+    def _committed_here(self, row: "StagedEvent") -> None:
         if self._cursor is not None:
             self._cursor = max(self._cursor, row.seq)
         self.publish(StreamEvent.from_row(row))

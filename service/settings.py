@@ -56,6 +56,13 @@ def _number(environ: Mapping[str, str], name: str, default: float, kind=int):
     return number
 
 
+def _at_least_one(environ: Mapping[str, str], name: str, default: int) -> int:
+    number = _number(environ, name, default)
+    if number < 1:
+        raise SettingsError(f"{name} must be at least 1")
+    return number
+
+
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
@@ -138,7 +145,7 @@ class Settings:
             reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
             reconcile_slack_s=_number(env, "RECONCILE_SLACK_S", 30.0, float),
             delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
-            delivery_concurrency=max(1, _number(env, "DELIVERY_CONCURRENCY", 16)),
+            delivery_concurrency=_at_least_one(env, "DELIVERY_CONCURRENCY", 16),
             image_fetch_timeout_s=_number(env, "IMAGE_FETCH_TIMEOUT_S", 30.0, float),
             sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
         )

@@ -295,4 +295,5 @@ async def test_a_slow_subscriber_cannot_starve_the_others(database_url):
         for _ in range(10):
             await _failed_job_event(stack)
         await fast.wait_for(10, within_s=4.0)  # well before the slow one's first timeout
+        await slow.wait_for(4, within_s=1.0)
         assert len(slow.received) == 4, "at most 4 in flight per subscription"

@@ -55,7 +55,7 @@ def test_a_real_deployment():
     ("name", "value"),
     [("DATABASE_URL", "mysql://x"), ("DATABASE_URL", "nonsense"), ("PORT", "eighty"),
      ("RUN_WORKERS", "maybe"), ("LOG_FORMAT", "xml"), ("IMAGE_STORE", "s3"),
-     ("BFL_MAX_ACTIVE", "-1"), ("LOG_LEVEL", "LOUD")],
+     ("BFL_MAX_ACTIVE", "-1"), ("LOG_LEVEL", "LOUD"), ("DELIVERY_CONCURRENCY", "0")],
 )  # fmt: skip
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):

@@ -166,17 +166,17 @@ class ImageFetcher(Loop):
                 self.metrics.images_stored.inc()
                 log.info("image stored (%d bytes, %s)", len(data), content_type)
 
-    async def _download(self, job: FetchTask) -> tuple[bytes, str]:
+    async def _download(self, task: FetchTask) -> tuple[bytes, str]:
         try:
-            return await download(self.http, job.sample_url, self.timeout_s)
+            return await download(self.http, task.sample_url, self.timeout_s)
         except UrlExpired:
-            fresh = await self._fresh_sample(job)
+            fresh = await self._fresh_sample(task)
             return await download(self.http, fresh, self.timeout_s)
 
-    async def _fresh_sample(self, job: FetchTask) -> str:
+    async def _fresh_sample(self, task: FetchTask) -> str:
         """An expired URL: a new get_result signs a new one."""
         try:
-            update = jobs.parse_update(await self.bfl.get_result(job.bfl_id, job.polling_url))
+            update = jobs.parse_update(await self.bfl.get_result(task.bfl_id, task.polling_url))
         except (BFLError, jobs.InvalidPayload) as exc:
             raise FetchFailed(f"could not refresh the image URL: {exc}") from exc
         if update.status != jobs.READY:

@@ -1,0 +1,105 @@
+"""Group commit: callers share transactions, each answered once its own change commits."""
+
+import anyio
+import pytest
+from sqlmodel import select
+
+from service.batching import GroupCommit
+from service.db import Database, create_engine
+from service.models import AppSecret
+from service.settings import Settings
+
+
+@pytest.fixture
+async def db(database_url):
+    database = Database(create_engine(Settings.from_env({"DATABASE_URL": database_url})))
+    yield database
+    await database.dispose()
+
+
+async def _names(db: Database) -> set[str]:
+    async with db.read() as session:
+        return set((await session.exec(select(AppSecret.name))).all())
+
+
+async def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_commits(db):
+    arrived = anyio.Event()
+
+    async def apply(session, names):
+        if names == ["first"]:
+            await arrived.wait()  # "good" and "bad" queue meanwhile: they share the next batch
+        if "bad" in names:
+            raise ValueError("bad item")
+        for name in names:
+            session.add(AppSecret(name=name, value=name))
+        return names
+
+    commits = GroupCommit(db, apply)
+    results = {}
+
+    async def submit(name):
+        try:
+            results[name] = await commits.submit(name)
+        except ValueError as exc:
+            results[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit, "first")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(submit, "good")
+        tg.start_soon(submit, "bad")
+        await anyio.wait_all_tasks_blocked()
+        arrived.set()
+    assert results["first"] == "first" and results["good"] == "good"
+    assert isinstance(results["bad"], ValueError)
+    assert await _names(db) == {"first", "good"}
+
+
+async def test_the_leader_is_answered_before_the_batches_that_queued_behind_it(db):
+    order = []
+    b_queued = anyio.Event()
+
+    async def apply(session, names):
+        if names == ["a"]:
+            tg.start_soon(submit, "b")
+            await b_queued.wait()
+        order.append(f"applied {names}")
+        return names
+
+    commits = GroupCommit(db, apply)
+
+    async def submit(name):
+        if name == "b":
+            b_queued.set()  # nothing awaits between this and b joining the queue
+        await commits.submit(name)
+        order.append(f"{name} answered")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit, "a")
+    assert order == ["applied ['a']", "a answered", "applied ['b']", "b answered"]
+
+
+async def test_a_caller_cancelled_while_waiting_makes_no_change(db):
+    release = anyio.Event()
+
+    async def apply(session, names):
+        if names == ["leader"]:
+            await release.wait()
+        for name in names:
+            session.add(AppSecret(name=name, value=name))
+        return names
+
+    commits = GroupCommit(db, apply)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(commits.submit, "leader")
+        await anyio.wait_all_tasks_blocked()
+        with anyio.CancelScope() as waiting:
+            tg.start_soon(_cancel_soon, waiting)
+            await commits.submit("gone")
+        release.set()
+    assert await _names(db) == {"leader"}
+
+
+async def _cancel_soon(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
