@@ -28,7 +28,7 @@ from service import catalog, jobs, logs
 from service.batching import GroupCommit
 from service.db import Database
 from service.events import record_job_event
-from service.loops.base import Loop
+from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
 from service.models import Job
 from service.schedule import backoff_s
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x466C7578_01  # pg advisory lock: one admission claim at a time, all processes
 KONTEXT_MAX = "flux-kontext-max"
 GIVE_UP_AFTER = timedelta(hours=1)  # upstream failing this long fails the job
+MAX_BROKEN_SUBMITS = 3  # a submit that raised something unexpected this often fails the job
 # Submits in flight from one process: fewer than the HTTP client's connections, so that no
 # request waits inside httpcore's pool (whose queue handling is quadratic).
 SUBMIT_CONCURRENCY = 32
@@ -206,6 +207,21 @@ class Admission(Loop):
             self._requeue(job, exc, now)
             return
         await self._fail(session, job, _reason(exc), now)
+
+    async def failed(self, job: Job, exc: Exception) -> None:
+        await self._apply(job.id, functools.partial(self._broken, reason=failure_reason(exc)))
+
+    async def _broken(self, session, job: Job, now, *, reason: str) -> None:
+        """The submit raised something unexpected. BFL may or may not have the task, so it is
+        treated as a timeout (the slot is held for the webhook window); a job that keeps
+        breaking fails with the reason rather than holding a slot for ever."""
+        if job is None or job.status != jobs.QUEUED:
+            return
+        if job.submit_attempts >= MAX_BROKEN_SUBMITS:
+            await self._fail(session, job, f"fluxhook could not submit the job: {reason}", now)
+            return
+        log.warning("submit of job %s broke; BFL may have it: %s", job.id, reason)
+        job.lease_expires_at = now + webhook_window(job.model, self.slack_s)
 
     def _requeue(self, job: Job, exc: upstream.BFLError, now) -> None:
         delay = backoff_s(job.submit_attempts, base_s=1.0, cap_s=60.0, rng=self._rng)

@@ -1,9 +1,12 @@
 """The shape every background loop shares (procrastinate's worker loop).
 
 A loop waits for any of: a wake-up (a commit gave it work), its poll interval, or shutdown;
-then claims a batch and works each item. `run_until_idle()` runs passes until one claims
-nothing, which is how tests drive loops deterministically. At shutdown a loop stops claiming,
-lets its in-flight work finish, and whatever is cut short gives its leases back (`release`).
+then claims a batch and works each item. Failure is contained per item, by construction:
+whatever one item's work raises is logged and handed to `failed(item, exc)`, which records it
+as that item's outcome; it never cancels a sibling or ends the loop. `run_until_idle()` runs
+passes until one claims nothing, which is how tests drive loops deterministically. At shutdown
+a loop stops claiming, lets its in-flight work finish, and whatever is cut short gives its
+leases back (`release`).
 """
 
 import abc
@@ -36,6 +39,10 @@ class Loop(abc.ABC):
     async def work(self, item) -> None:
         """Act on one claimed item and commit the outcome."""
 
+    @abc.abstractmethod
+    async def failed(self, item, exc: Exception) -> None:
+        """Record that work on `item` raised `exc`, as that item's own failure."""
+
     async def release(self, items: list) -> None:  # noqa: B027 - most loops keep nothing
         """Give back the leases of items whose work was cut short by shutdown."""
 
@@ -50,17 +57,29 @@ class Loop(abc.ABC):
 
     async def _tracked(self, item) -> None:
         try:
-            await self.work(item)
+            await self.contained(item)
         except anyio.get_cancelled_exc_class():
             self._cut_short.append(item)
             raise
+
+    async def contained(self, item) -> None:
+        """`work(item)`; whatever it raises becomes the item's recorded failure."""
+        try:
+            await self.work(item)
+        except Exception as exc:
+            log.exception("%s: work on %s failed", self.name, describe(item))
+            try:
+                await self.failed(item, exc)
+            except Exception:
+                # Its lease runs out and the item is claimed again: nothing is lost.
+                log.exception("%s: could not record the failure of %s", self.name, describe(item))
 
     async def run_once(self) -> bool:
         """One pass; True if it claimed anything (so another pass may find more)."""
         claimed = await self.claim()
         async with anyio.create_task_group() as tg:
             for item in claimed:
-                tg.start_soon(self.work, item)
+                tg.start_soon(self.contained, item)
         return bool(claimed)
 
     async def run_until_idle(self, max_passes: int = 10_000) -> None:
@@ -77,6 +96,20 @@ class Loop(abc.ABC):
         items, self._cut_short = self._cut_short, []
         if items:
             await self.release(items)
+
+
+def describe(item) -> str:
+    """A short name for a work item in a log line: its id where it has one."""
+    for attribute in ("id", "job_id", "delivery"):
+        value = getattr(item, attribute, None)
+        if value is not None:
+            return str(getattr(value, "id", value))
+    return type(item).__name__
+
+
+def failure_reason(exc: Exception) -> str:
+    """One line for an item's record: the exception's type and message, bounded."""
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 async def supervise(loop: Loop, run: Callable[[], Awaitable[None]] | None = None) -> None:

@@ -20,7 +20,7 @@ from service.batching import GroupCommit
 from service.callbacks import body_for, headers_for, message_id
 from service.db import Database
 from service.events import record_event
-from service.loops.base import Loop
+from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
 from service.models import Delivery, JobEvent, Subscription
 from service.schedule import Attempt, Decision
@@ -163,26 +163,36 @@ class Dispatcher(Loop):
         body = body_for(subscription, event)
         headers = headers_for(subscription, message_id(delivery.id), body, now)
         attempt, error = await self._post(subscription.url, body, headers)
+        await self._settle(send, attempt, error)
+
+    async def failed(self, send: "Send", exc: Exception) -> None:
+        """Signing or recording broke: a failed attempt, on the delivery's own schedule."""
+        await self._settle(send, Attempt(None), f"internal error: {failure_reason(exc)}")
+
+    async def _settle(self, send: "Send", attempt: Attempt, error: str | None) -> None:
+        delivery, now = send.delivery, self.clock.now()
         decision = schedule.decide_delivery(delivery.attempts + 1, attempt, now, self._rng)
         if decision.outcome != schedule.DELIVERED:
             log.info(
                 "delivery %s to subscription %s: %s (%s)",
                 delivery.id,
-                subscription.id,
+                send.subscription.id,
                 decision.outcome,
                 error,
             )
         self.metrics.delivery_attempts.inc(outcome=decision.outcome)
-        outcome = Outcome(delivery.id, attempt, error, decision, event.created_at)
+        outcome = Outcome(delivery.id, attempt, error, decision, send.event.created_at)
         await self._outcomes.submit(outcome)
 
     async def _post(self, url: str, body: bytes, headers: dict) -> tuple[Attempt, str | None]:
+        """One POST. Whatever it raises (a refused address, a URL httpx cannot send, a
+        timeout) is this attempt's failure, never the loop's."""
         try:
             response = await self.http.post(
                 url, content=body, headers=headers, timeout=self.timeout_s, follow_redirects=False
             )
-        except httpx.HTTPError as exc:
-            return Attempt(None), f"{type(exc).__name__}: {exc}"[:500]
+        except Exception as exc:
+            return Attempt(None), failure_reason(exc)
         retry_after = schedule.parse_retry_after(
             response.headers.get("retry-after"), self.clock.now()
         )
@@ -199,7 +209,14 @@ class Dispatcher(Loop):
         subscriptions = {s.id: s for s in (await session.exec(query)).all()}
         now = self.clock.now()
         for outcome in outcomes:
-            delivery = deliveries[outcome.delivery_id]
+            delivery = deliveries.get(outcome.delivery_id)
+            if delivery is None:
+                # Its subscription was deleted, with what it was owed, while this was in flight.
+                log.info(
+                    "delivery %s was deleted in flight; its attempt is not kept",
+                    outcome.delivery_id,
+                )
+                continue
             subscription = subscriptions[delivery.subscription_id]
             await self._record_one(session, delivery, subscription, outcome, now)
         return [None] * len(outcomes)

@@ -22,7 +22,7 @@ from service.bfl import BFLClient, BFLError
 from service.db import Database
 from service.events import record_job_event
 from service.images import FetchTask, ImageStore, sniff_content_type
-from service.loops.base import Loop
+from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
 from service.models import Job
 from service.schedule import backoff_s
@@ -165,6 +165,12 @@ class ImageFetcher(Loop):
             if await self.commits.submit((task.job_id, stored)):
                 self.metrics.images_stored.inc()
                 log.info("image stored (%d bytes, %s)", len(data), content_type)
+
+    async def failed(self, task: FetchTask, exc: Exception) -> None:
+        """The fetch broke in a way `download` does not expect: retried as any failed fetch."""
+        self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
+        retry = functools.partial(self._retry_later, reason=failure_reason(exc))
+        await self.commits.submit((task.job_id, retry))
 
     async def _download(self, task: FetchTask) -> tuple[bytes, str]:
         try:

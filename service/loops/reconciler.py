@@ -21,7 +21,7 @@ from service import bfl as upstream
 from service import jobs, logs
 from service.db import Database
 from service.events import record_job_event
-from service.loops.base import Loop
+from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
 from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job
 from service.schedule import backoff_s
@@ -118,6 +118,12 @@ class Reconciler(Loop):
                 return
             self.metrics.reconciler_polls.inc(outcome="ok")
             await self._apply(job, update)
+
+    async def failed(self, job: Job, exc: Exception) -> None:
+        """Asking about this job broke: ask again later, with its backoff."""
+        self.metrics.reconciler_polls.inc(outcome="error")
+        log.warning("reconciler could not reconcile job %s: %s", job.id, failure_reason(exc))
+        await self._later(job)
 
     async def _apply(self, job: Job, update: jobs.BflUpdate) -> None:
         async with self.db.write() as session:
