@@ -13,11 +13,19 @@ Errors, translated once here at the edge:
     └── BFLTimeout              no answer in time: BFL may or may not have the request
 """
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
+
+from service.guard import origin
+
+log = logging.getLogger(__name__)
+# Beyond the configured origins, BFL_API_KEY goes only to https hosts of BFL's own domains.
+BFL_DOMAINS = ("bfl.ai", "bfl.ml")
 
 
 class BFLError(Exception):
@@ -83,6 +91,7 @@ class BFLClient:
         self._headers = {"x-key": api_key, "accept": "application/json"}
         self.base_url = base_url.rstrip("/")
         self._poll_hosts = poll_hosts
+        self._key_origins = frozenset(origin(url) for url in (self.base_url, *poll_hosts))
         self.timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
 
@@ -116,9 +125,34 @@ class BFLClient:
 
     def result_urls(self, task_id: str, polling_url: str | None) -> list[str]:
         hosts = (self.base_url, *self._poll_hosts)
-        urls = [polling_url] if polling_url else []
+        urls = [polling_url] if polling_url and self._follows(polling_url) else []
         urls += [str(httpx.URL(f"{h}/v1/get_result", params={"id": task_id})) for h in hosts]
         return list(dict.fromkeys(urls))
+
+    def _follows(self, polling_url: str) -> bool:
+        if self.may_carry_key(polling_url):
+            return True
+        log.warning(
+            "not following polling_url %r: BFL_API_KEY goes only to the configured BFL hosts "
+            "and https hosts under %s; asking %s instead",
+            polling_url[:200],
+            " or ".join(BFL_DOMAINS),
+            self.base_url,
+        )
+        return False
+
+    def may_carry_key(self, url: str) -> bool:
+        """Whether BFL_API_KEY may be sent to `url` (DESIGN §4, outbound policy)."""
+        try:
+            parsed = httpx.URL(url)
+            host, port = origin(url)
+        except Exception:  # InvalidURL, idna's errors, a scheme with no default port
+            return False
+        if (host, port) in self._key_origins:
+            return True
+        return parsed.scheme == "https" and any(
+            host == domain or host.endswith("." + domain) for domain in BFL_DOMAINS
+        )
 
     async def credits(self) -> float:
         data = await self._call("GET", f"{self.base_url}/v1/credits")
@@ -130,6 +164,8 @@ class BFLClient:
     async def _call(self, method: str, url: str, json: dict | None = None) -> Any:
         """One request, over within `timeout_s` in all (httpx's timeouts are per read, and
         admission's lease on a submitting job relies on a bound for the whole call)."""
+        if not self.may_carry_key(url):
+            raise BFLRejected(f"refused to send BFL_API_KEY to {url[:200]!r}")
         try:
             with anyio.fail_after(self.timeout_s):
                 response = await self._http.request(
@@ -177,10 +213,14 @@ def _error_for(response: httpx.Response, data: Any) -> BFLError:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds; None if absent or not a plain non-negative number."""
+    if value is None or not value.isascii():
+        return None
     try:
-        return max(float(value), 0.0) if value is not None else None
+        seconds = float(value)
     except ValueError:
         return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _str_or_none(value: Any) -> str | None:

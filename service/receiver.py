@@ -3,8 +3,9 @@
 Checks, in order, each failing with nothing changed: body ≤ 1 MiB (413); the token is a job
 id we signed (404); `X-Webhook-Secret` matches the job's derived secret under some rotation
 key (401); an `X-BFL-Signature`, if sent, matches the raw body (401); the body is one of BFL's
-payloads (400, with the reason). Then one transaction applies it through the state machine;
-duplicates and late events are acknowledged (200) and change nothing. The image download
+payloads (400, with the reason); it names the job's own BFL task (409). Then one transaction
+applies it through the state machine; duplicates and late events are acknowledged (200) and
+change nothing. The image download
 happens after the response.
 """
 
@@ -21,6 +22,13 @@ from service.signing import bfl_signature_matches
 from service.updates import apply_update
 
 log = logging.getLogger(__name__)
+
+
+class OtherTask:
+    """A webhook's task is not the one this job is bound to (see `webhook_action`)."""
+
+    def __init__(self, bound_to: str) -> None:
+        self.bound_to = bound_to
 
 
 def _reject(svc, status_code: int, reason: str, detail: str):
@@ -44,6 +52,10 @@ async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
     applied = await svc.job_commits.submit((job_id, webhook_action(svc, update)))
     if applied is None:
         raise _reject(svc, 404, "unknown_job", "unknown webhook")
+    if isinstance(applied, OtherTask):
+        detail = f"this webhook is for BFL task {update.task_id}, not this job's task"
+        log.warning("%s (%s)", detail, applied.bound_to)
+        raise _reject(svc, 409, "other_task", detail)
     return _acknowledge(svc, job_id, applied)
 
 
@@ -53,6 +65,10 @@ def webhook_action(svc, update: jobs.BflUpdate):
     async def act(session, job, now):
         if job is None:
             return None
+        # A job is bound to the first BFL task that names it (the submit response or an
+        # earlier webhook); another task's events change nothing.
+        if job.bfl_id is not None and update.task_id != job.bfl_id:
+            return OtherTask(job.bfl_id)
         fetch_lease = svc.fetcher.lease if svc.fetcher else None
         return await apply_update(
             session, svc.signals, svc.urls, job, update,

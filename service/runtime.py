@@ -18,6 +18,7 @@ from service.batching import GroupCommit
 from service.bfl import BFLClient
 from service.clock import SystemClock
 from service.db import Database, create_engine
+from service.guard import GuardedBackend, GuardedTransport, origin
 from service.hub import Hub
 from service.images import ImageStore
 from service.loops.admission import Admission, Limits
@@ -32,7 +33,6 @@ from service.settings import Settings
 from service.shards import sharded
 from service.signals import Signals
 from service.signing import Signing
-from service.targets import GuardedBackend, GuardedTransport
 from service.views import Urls
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
             urls=svc.urls,
             metrics=svc.metrics,
             interval_s=s.reconcile_interval_s,
+            early_checks=s.reconcile_early_checks,
         ),
     ]
 
@@ -161,8 +162,12 @@ async def _clients(settings: Settings, upstream_transport, delivery_transport):
     # Loading the CA bundle takes tens of milliseconds: once, for all the pools.
     tls = httpx.create_ssl_context()
     if upstream_transport is None:
+        # Submits, get_result, credits and image downloads: only the configured upstream
+        # origins may be private (the emulator on loopback); every other address is vetted.
+        trusted = [origin(url) for url in (settings.bfl_api_url, *settings.bfl_poll_hosts)]
+        upstream_backend = GuardedBackend(trusted=trusted)
         upstream_transport = sharded(
-            lambda limits: httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=False),
+            lambda limits: GuardedTransport(upstream_backend, limits, tls),
             UPSTREAM_LIMITS,
             POOL_SHARDS,
         )

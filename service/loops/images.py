@@ -21,6 +21,7 @@ from service.batching import GroupCommit
 from service.bfl import BFLClient, BFLError
 from service.db import Database
 from service.events import record_job_event
+from service.guard import refusal
 from service.images import FetchTask, ImageStore, sniff_content_type
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
@@ -45,6 +46,10 @@ class UrlExpired(FetchFailed):
     pass
 
 
+class FetchRefused(FetchFailed):
+    """The image URL is one fluxhook may not fetch (outbound policy): no retry can help."""
+
+
 async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[bytes, str]:
     """The image at `url`: bytes and content type. UrlExpired on 403/404, FetchFailed else."""
     try:
@@ -54,8 +59,12 @@ async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
             if response.status_code != 200:
                 raise FetchFailed(f"image URL answered {response.status_code}")
             data = await _read_limited(response)
-    except httpx.HTTPError as exc:
-        raise FetchFailed(f"image download failed: {type(exc).__name__}") from exc
+    except FetchFailed:
+        raise
+    except Exception as exc:  # a transport error, or a URL httpx cannot send
+        if refused := refusal(exc):
+            raise FetchRefused(f"image URL refused: {refused}") from exc
+        raise FetchFailed(f"image download failed: {failure_reason(exc)}") from exc
     content_type = sniff_content_type(data)
     if content_type is None:
         raise FetchFailed("the image URL did not return a JPEG, PNG or WebP image")
@@ -157,9 +166,9 @@ class ImageFetcher(Loop):
                 data, content_type = await self._download(task)
             except FetchFailed as exc:
                 self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
-                await self.commits.submit(
-                    (task.job_id, functools.partial(self._retry_later, reason=str(exc)))
-                )
+                permanent = isinstance(exc, FetchRefused)
+                retry = functools.partial(self._retry_later, reason=str(exc), permanent=permanent)
+                await self.commits.submit((task.job_id, retry))
                 return
             stored = functools.partial(self._store, data=data, content_type=content_type)
             if await self.commits.submit((task.job_id, stored)):
@@ -199,12 +208,12 @@ class ImageFetcher(Loop):
         await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_READY, now)
         return True
 
-    async def _retry_later(self, session, job, now, *, reason: str) -> None:
+    async def _retry_later(self, session, job, now, *, reason: str, permanent=False) -> None:
         if job is None or job.status != jobs.READY or job.image_stored:
             return
         job.fetch_attempts += 1
         job.lease_expires_at = None
-        if now - job.upstream_ready_at < GIVE_UP_AFTER:
+        if now - job.upstream_ready_at < GIVE_UP_AFTER and not permanent:
             delay = backoff_s(job.fetch_attempts, base_s=1.0, cap_s=30.0, rng=self._rng)
             job.next_attempt_at = now + timedelta(seconds=delay)
             log.warning("image fetch failed (%s); retrying in %.1fs", reason, delay)

@@ -1,0 +1,116 @@
+"""The connect-time guard on every request fluxhook makes (DESIGN §4 "Outbound policy").
+
+Checking a URL when it is registered is not enough: a hostname can resolve anywhere, and can
+resolve differently later. So the HTTP clients' network backend resolves each host itself,
+refuses the connection if any address it resolves to is forbidden (`targets.forbidden_address`),
+and connects to the address it checked, so the DNS answer cannot change in between. The one
+exception is the configured upstream (BFL_API_URL and BFL_POLL_HOSTS origins: that is how the
+emulator on loopback serves as BFL), plus ALLOW_PRIVATE_TARGETS on the subscriber client.
+Redirects are never followed (the clients are built with follow_redirects=False).
+"""
+
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+
+import anyio
+import httpcore
+import httpx
+from httpcore import AsyncNetworkBackend, AsyncNetworkStream
+
+from service.targets import forbidden_address
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+Origin = tuple[str, int]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class TargetRefused(httpcore.ConnectError):
+    """The address is one fluxhook may not call."""
+
+
+def origin(url: str) -> Origin:
+    """(host, port) of an absolute http(s) URL, as the network backend is asked for it."""
+    parsed = httpx.URL(url)
+    return parsed.raw_host.decode("ascii").lower(), parsed.port or DEFAULT_PORTS[parsed.scheme]
+
+
+def refusal(exc: BaseException) -> TargetRefused | None:
+    """The guard's refusal behind an httpx error, if that is what it was."""
+    while exc is not None and not isinstance(exc, TargetRefused):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class GuardedBackend(AsyncNetworkBackend):
+    """httpcore network backend that vets every address it connects to."""
+
+    def __init__(
+        self,
+        resolver: Resolver = system_resolver,
+        allow_private: bool = False,
+        trusted: Iterable[Origin] = (),
+    ) -> None:
+        self._resolver = resolver
+        self._allow_private = allow_private
+        self._trusted = frozenset((host.lower(), port) for host, port in trusted)
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout=None, local_address=None, socket_options=None
+    ) -> AsyncNetworkStream:
+        address = host
+        if (host.lower(), port) not in self._trusted:
+            address = await self._vetted_address(host, port)
+        return await self._inner.connect_tcp(
+            address,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+    async def _vetted_address(self, host: str, port: int) -> str:
+        try:
+            addresses = await self._resolver(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise httpcore.ConnectError(f"{host} has no address")
+        if not self._allow_private:
+            for address in addresses:
+                if reason := forbidden_address(address):
+                    raise TargetRefused(f"refused: {host} resolves to {reason} ({address})")
+        return addresses[0]
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise TargetRefused("refused: fluxhook does not connect to unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with the guarded backend (no proxies from the environment)."""
+
+    def __init__(
+        self,
+        backend: GuardedBackend,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        ssl_context = ssl_context or httpx.create_ssl_context()
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
+        # httpx does not take a network backend; swap the pool for one built with ours.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
