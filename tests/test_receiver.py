@@ -140,3 +140,17 @@ async def test_legacy_dialect_words_map_to_ours(stack):
         async with stack.services.db.read() as session:
             row = (await session.exec(select(Job).where(Job.id == uuid.UUID(job_id)))).one()
         assert row.completed_via == "webhook"
+
+
+async def test_a_webhook_for_another_task_changes_nothing(stack):
+    """Once a job is bound to its BFL task, another task's events are refused (409)."""
+    job_id = await _queued_job(stack)
+    progress = {"task_id": "task-1", "status": "processing", "progress": 0.5}
+    assert (await stack.post_webhook(job_id, progress)).json() == {"status": "applied"}
+    before = await snapshot(stack.services.db)
+    for body in (ready_body("task-2"), {"id": "task-2", "status": "Error"}):
+        response = await stack.post_webhook(job_id, body)
+        assert response.status_code == 409, response.text
+        assert "task-2" in response.json()["detail"]
+    assert await snapshot(stack.services.db) == before
+    assert (await stack.post_webhook(job_id, ready_body("task-1"))).status_code == 200

@@ -47,7 +47,11 @@ class UrlExpired(FetchFailed):
 
 
 class FetchRefused(FetchFailed):
-    """The image URL is one fluxhook may not fetch (outbound policy): no retry can help."""
+    """The image URL is one fluxhook may not or cannot fetch: no retry can help."""
+
+
+# A URL httpx cannot send (bad host, IDNA, scheme) fails the same way on every try.
+UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError)
 
 
 async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[bytes, str]:
@@ -64,6 +68,8 @@ async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     except Exception as exc:  # a transport error, or a URL httpx cannot send
         if refused := refusal(exc):
             raise FetchRefused(f"image URL refused: {refused}") from exc
+        if isinstance(exc, UNSENDABLE):
+            raise FetchRefused(f"image URL cannot be fetched: {failure_reason(exc)}") from exc
         raise FetchFailed(f"image download failed: {failure_reason(exc)}") from exc
     content_type = sniff_content_type(data)
     if content_type is None:
