@@ -2,15 +2,17 @@
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from service import receiver
 from service.api import compat, deliveries, events, jobs, models, openapi, ops, subscriptions
@@ -21,28 +23,51 @@ from service.settings import EMULATOR_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Resource(Route):
+    """One path with all its methods, so a method it lacks is a 405 whose `Allow` lists them all.
+
+    Starlette's router skips a path that matched under another method and keeps looking: with
+    one `Route` per method, a sibling route's methods went missing from `Allow`, and the model
+    catch-all `POST /v1/{model:path}` answered `POST /v1/credits` with a model 404. A resource
+    claims its path for every method instead, and `Route.handle` answers the ones it lacks.
+    """
+
+    def __init__(self, path: str, **endpoints: Endpoint) -> None:
+        self.endpoints = {method.upper(): endpoint for method, endpoint in endpoints.items()}
+        super().__init__(path, self.dispatch, methods=list(self.endpoints))
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        return (Match.FULL if match is Match.PARTIAL else match), child_scope
+
+    async def dispatch(self, request: Request) -> Response:
+        # Starlette adds HEAD wherever there is GET.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await self.endpoints[method](request)
 
 
 def api_routes() -> list[BaseRoute]:
     sub = "/v1/subscriptions/{subscription_id}"
     return [
-        Route("/v1/get_result", compat.get_result, methods=["GET"]),
-        Route("/v1/credits", compat.credits, methods=["GET"]),
-        Route("/v1/jobs", jobs.list_jobs, methods=["GET"]),
-        Route("/v1/jobs/{job_id}", jobs.get_job, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/image", jobs.job_image, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/events", events.job_events, methods=["GET"]),
-        Route("/v1/events", events.tenant_events, methods=["GET"]),
-        Route("/v1/subscriptions", subscriptions.create, methods=["POST"]),
-        Route("/v1/subscriptions", subscriptions.list_all, methods=["GET"]),
-        Route(sub, subscriptions.get_one, methods=["GET"]),
-        Route(sub, subscriptions.delete, methods=["DELETE"]),
-        Route(sub + "/rotate-secret", subscriptions.rotate_secret, methods=["POST"]),
-        Route(sub + "/enable", subscriptions.enable, methods=["POST"]),
-        Route("/v1/deliveries", deliveries.list_deliveries, methods=["GET"]),
-        Route("/v1/deliveries/{delivery_id}/redeliver", deliveries.redeliver, methods=["POST"]),
-        Route("/v1/models", models.list_models, methods=["GET"]),
-        # Last: every BFL model route, including ones with a slash (flux-tools/erase-v1).
+        Resource("/v1/get_result", get=compat.get_result),
+        Resource("/v1/credits", get=compat.credits),
+        Resource("/v1/jobs", get=jobs.list_jobs),
+        Resource("/v1/jobs/{job_id}", get=jobs.get_job),
+        Resource("/v1/jobs/{job_id}/image", get=jobs.job_image),
+        Resource("/v1/jobs/{job_id}/events", get=events.job_events),
+        Resource("/v1/events", get=events.tenant_events),
+        Resource("/v1/subscriptions", get=subscriptions.list_all, post=subscriptions.create),
+        Resource(sub, get=subscriptions.get_one, delete=subscriptions.delete),
+        Resource(sub + "/rotate-secret", post=subscriptions.rotate_secret),
+        Resource(sub + "/enable", post=subscriptions.enable),
+        Resource("/v1/deliveries", get=deliveries.list_deliveries),
+        Resource("/v1/deliveries/{delivery_id}/redeliver", post=deliveries.redeliver),
+        Resource("/v1/models", get=models.list_models),
+        # Last, and reached only by paths no resource above claims: every BFL model route,
+        # including ones with a slash (flux-tools/erase-v1). No model is named like a resource.
         Route("/v1/{model:path}", compat.submit, methods=["POST"]),
     ]
 

@@ -332,7 +332,9 @@ class VtoInputs(_Webhook):
 
 
 def _check_4mp(inputs):
-    pixels = (inputs.width or 0) * (inputs.height or 0)
+    # A side left out is the input image's (or 1024), as the output size is worked out.
+    default = _capped(_first_image(dict(inputs), _FLUX2_IMAGES) or (1024, 1024))
+    pixels = (inputs.width or default[0]) * (inputs.height or default[1])
     if pixels > MAX_PIXELS:
         raise ValueError(f"width*height ({pixels}) exceeds the 4 MP limit ({MAX_PIXELS})")
     return inputs

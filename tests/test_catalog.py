@@ -255,3 +255,11 @@ def test_prices_match_bfl():
     assert price("flux-kontext-max").cost == 8.0
     assert price("flux-pro-1.1").cost == 4.0
     assert price("flux-pro-1.1-ultra").cost == 6.0
+
+
+def test_a_flux2_side_left_out_counts_as_the_default_for_the_4mp_limit():
+    """Found by schemathesis: a huge width with no height passed as 0 pixels."""
+    spec = catalog.get_model("flux-2-pro")
+    with pytest.raises(catalog.ValidationFailed, match="4 MP"):
+        catalog.validate(spec, {"prompt": "x", "width": 1_000_000_000})
+    assert catalog.validate(spec, {"prompt": "x", "width": 2048})

@@ -3,6 +3,7 @@
 import re
 
 import httpx
+from openapi_spec_validator import OpenAPIV31SpecValidator
 from starlette.routing import Route
 
 from service import catalog
@@ -79,6 +80,25 @@ def test_the_document_is_structurally_valid_openapi_3_1():
     assert len(operation_ids) == len(set(operation_ids)), "operationIds must be unique"
 
 
+def _spec_errors(doc: dict) -> list[str]:
+    """What openapi-spec-validator (the OpenAPI 3.1 meta-schema and more) finds wrong."""
+    errors = OpenAPIV31SpecValidator(doc).iter_errors()
+    return [f"{list(error.absolute_path)}: {error.message}" for error in errors]
+
+
+def test_openapi_spec_validator_finds_nothing():
+    assert _spec_errors(document()) == []
+
+
+def test_a_default_the_field_refuses_is_described_instead():
+    # FLUX.2's width/height default to 0 in pydantic (a placeholder for "absent": BFL picks),
+    # but 0 is below their minimum, and a default must fit its schema.
+    width = document()["components"]["schemas"]["Flux2Inputs"]["properties"]["width"]
+    assert "default" not in width
+    assert width["description"] == "Absent or null: BFL chooses"
+    assert {"minimum": 64, "type": "integer"} in width["anyOf"]
+
+
 def test_every_route_in_the_table_is_described():
     paths = document()["paths"]
     for route in api_routes() + ops_routes():
@@ -128,6 +148,7 @@ async def test_the_document_is_served_without_a_key(sqlite_url):
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.json() == document()
+    assert _spec_errors(response.json()) == []
 
 
 def _keys(name: str) -> set[str]:

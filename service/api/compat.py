@@ -13,16 +13,17 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service import catalog, jobs, logs
 from service.api.auth import authenticate
-from service.api.http import error, read_body, services
+from service.api.http import NUMBER, error, read_body, services
 from service.api.jobs import load_job, wait_for_terminal
 from service.bfl import BFLError
 from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, Subscription
-from service.targets import check_target_url
+from service.targets import TargetInvalid, target_url
 from service.views import bfl_result, submit_response
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,21 @@ async def submit(request: Request) -> JSONResponse:
     spec = catalog.get_model(request.path_params["model"])
     if spec is None:
         raise error(404, "Not Found")
+    svc = services(request)
     try:
         body = catalog.parse_json_body(await read_body(request, SUBMIT_BODY_LIMIT))
+        callback_url = _callback_url(body, svc.settings.allow_private_targets)
         validated = catalog.validate(spec, body)
     except catalog.ValidationFailed as exc:
         return JSONResponse({"detail": exc.detail}, status_code=422)
+    except TargetInvalid as exc:
+        return validation_error("webhook_url", str(exc), body.get("webhook_url"))
     # BFL gets what the client sent (validated), never our copy of BFL's defaults: BFL applies
     # its own, and some (FLUX.2's width 0, "auto") are refused when sent explicitly.
     inputs = validated.model_dump(mode="json", exclude_unset=True)
-    callback = (inputs.pop("webhook_url", None), inputs.pop("webhook_secret", None))
+    inputs.pop("webhook_url", None)
+    callback = (callback_url, inputs.pop("webhook_secret", None))
     price = catalog.price(spec, validated.model_dump(mode="json")) if spec.cost_on_submit else None
-    svc = services(request)
-    if callback[0] and (
-        reason := check_target_url(callback[0], svc.settings.allow_private_targets)
-    ):
-        return validation_error("webhook_url", reason, callback[0])
     key = _idempotency_key(request)
     submission = Submission(
         tenant_id, spec, inputs, price, callback, key, _hash(spec.name, inputs, callback)
@@ -69,6 +70,14 @@ async def submit(request: Request) -> JSONResponse:
     with logs.job_context(response["id"]):
         log.info("job accepted (%s)", spec.name)
     return JSONResponse(response)
+
+
+def _callback_url(body: object, allow_private: bool) -> str | None:
+    """A submit's `webhook_url`, as the client sent it, under the subscriptions' URL policy
+    (before BFL's own validation, which would rewrite some URLs): the same refusals, in the
+    same words, on both paths."""
+    raw = body.get("webhook_url") if isinstance(body, dict) else None
+    return None if raw is None else target_url(raw, allow_private)
 
 
 @dataclass(frozen=True)
@@ -179,13 +188,7 @@ async def get_result(request: Request) -> JSONResponse:
     tenant_id = await authenticate(request)
     ids = request.query_params.getlist("id")
     if not ids:
-        missing = {
-            "type": "missing",
-            "loc": ["query", "id"],
-            "msg": "Field required",
-            "input": None,
-        }
-        return JSONResponse({"detail": [missing]}, status_code=422)
+        raise invalid_query("id", "missing", "Field required", None)
     wait_s = _wait_seconds(request)
     svc = services(request)
     try:
@@ -200,16 +203,27 @@ async def get_result(request: Request) -> JSONResponse:
     return JSONResponse(bfl_result(job, svc.urls))
 
 
+def invalid_query(name: str, kind: str, message: str, value, **ctx) -> HTTPException:
+    """A query parameter refused as BFL's FastAPI refuses one: 422 with a `detail` list."""
+    item = {"type": kind, "loc": ["query", name], "msg": message, "input": value}
+    return error(422, [item | ({"ctx": ctx} if ctx else {})])
+
+
 def _wait_seconds(request: Request) -> float:
+    """`wait` (our extension) is checked like BFL's own parameters, so one 422 shape serves."""
     raw = request.query_params.get("wait")
-    if not raw:
+    if raw is None:
         return 0.0
-    try:
-        wait_s = float(raw)
-    except ValueError:
-        raise error(422, "wait must be a number of seconds") from None
-    if not 0 <= wait_s <= MAX_WAIT_S:
-        raise error(422, f"wait must be between 0 and {MAX_WAIT_S} seconds")
+    if not NUMBER.fullmatch(raw):
+        message = "Input should be a valid number, unable to parse string as a number"
+        raise invalid_query("wait", "float_parsing", message, raw)
+    wait_s = float(raw)
+    if wait_s < 0:
+        message = "Input should be greater than or equal to 0"
+        raise invalid_query("wait", "greater_than_equal", message, raw, ge=0)
+    if wait_s > MAX_WAIT_S:
+        message = f"Input should be less than or equal to {MAX_WAIT_S}"
+        raise invalid_query("wait", "less_than_equal", message, raw, le=MAX_WAIT_S)
     return wait_s
 
 

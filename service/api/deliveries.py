@@ -37,8 +37,9 @@ def delivery_view(delivery: Delivery) -> dict:
 
 
 def _uuid_param(request: Request, name: str) -> uuid.UUID | None:
+    """The filter's UUID, None when absent; an empty one is refused like any other non-UUID."""
     raw = request.query_params.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
         return uuid.UUID(raw)
@@ -53,7 +54,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
         query = query.where(Delivery.job_id == job_id)
     if subscription_id := _uuid_param(request, "subscription_id"):
         query = query.where(Delivery.subscription_id == subscription_id)
-    if status := request.query_params.get("status"):
+    if (status := request.query_params.get("status")) is not None:
         if status not in STATUSES:
             raise error(422, f"status must be one of {', '.join(STATUSES)}")
         query = query.where(Delivery.status == status)

@@ -8,6 +8,7 @@ whole history. A comment every 15 s (SSE_HEARTBEAT_S) keeps PaaS routers from cl
 idle stream.
 """
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,7 @@ from service.models import JobEvent
 
 REPLAY_BATCH = 500
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DIGITS = re.compile(r"[0-9]+")
 
 
 def format_event(event: StreamEvent) -> str:
@@ -30,10 +32,12 @@ def format_event(event: StreamEvent) -> str:
 
 
 def _last_event_id(request: Request) -> int | None:
+    """The id to resume after; empty is none, as EventSource itself treats it."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is None or raw == "":
+    if not raw:
         return None
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not DIGITS.fullmatch(raw):
         raise error(422, "Last-Event-ID must be an event id this API gave out")
     return int(raw)
 

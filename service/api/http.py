@@ -1,6 +1,7 @@
 """Small HTTP helpers shared by the routes: JSON errors, bounded bodies, the services."""
 
 import json
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -8,14 +9,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 MIB = 1024 * 1024
+INTEGER = re.compile(r"-?[0-9]+")
+# A JSON number: float() would also take " 1", "1_0", "inf" and "nan".
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def services(request: Request):
     return request.state.services
 
 
-def error(status_code: int, detail: Any) -> HTTPException:
-    return HTTPException(status_code, detail=detail)
+def error(status_code: int, detail: Any, headers: dict[str, str] | None = None) -> HTTPException:
+    return HTTPException(status_code, detail=detail, headers=headers)
 
 
 async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -56,13 +60,14 @@ async def read_json_object(request: Request, limit: int = MIB) -> dict:
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The parameter as an integer in [low, high], `default` when absent, else 422."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise error(422, f"{name} must be an integer") from None
+    # Digits only: int() would also take " 7", "1_0" and non-ASCII digits.
+    if not INTEGER.fullmatch(raw):
+        raise error(422, f"{name} must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise error(422, f"{name} must be between {low} and {high}")
     return value

@@ -8,8 +8,11 @@ route modules; `tests/test_openapi.py` checks that every route in the table is d
 import functools
 import json
 import re
+from collections.abc import Iterator
 from importlib.metadata import version
+from typing import Annotated
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,7 +76,7 @@ def param(name: str, where: str, schema: dict, description: str, required: bool 
 TIME = nullable("string", format="date-time")
 # What get_result shows (DESIGN §6): BFL's words only, Queued and Processing as Pending.
 BFL_STATUSES = sorted(
-    {jobs.bfl_status(status, True) for status in jobs.STATUSES}, key=jobs.STATUSES.index
+    {jobs.bfl_status(status) for status in jobs.STATUSES}, key=jobs.STATUSES.index
 )
 NUMBER = nullable("number")
 
@@ -155,6 +158,7 @@ def _job() -> dict:
         model={"type": "string"},
         status={"enum": list(jobs.STATUSES)},
         progress=nullable("number", minimum=0, maximum=1),
+        image_stored={"type": "boolean", "description": "The image is in fluxhook's store"},
         inputs={"type": "object", "description": "Validated inputs; long values elided"},
         result={"anyOf": [ref("Result"), {"type": "null"}]},
         details=nullable("object"),
@@ -236,31 +240,65 @@ def _catalog_schemas() -> tuple[dict[str, dict], dict]:
     """Each model's request schema (a $ref) and the definitions they use, from pydantic."""
     inputs = {spec.inputs for spec in catalog.MODELS.values()}
     keys, schema = models_json_schema([(model, "validation") for model in inputs], ref_template=REF)
+    definitions = schema["$defs"]
+    for model in inputs:
+        properties = definitions[keys[(model, "validation")]["$ref"].rpartition("/")[2]]
+        for name in _placeholder_defaults(model):
+            field = properties["properties"][name]
+            del field["default"]
+            field["description"] = "Absent or null: BFL chooses"
     refs = {spec.name: keys[(spec.inputs, "validation")] for spec in catalog.MODELS.values()}
-    return refs, schema["$defs"]
+    return refs, definitions
+
+
+def _placeholder_defaults(model: type[BaseModel]) -> Iterator[str]:
+    """Fields whose default their own type refuses (FLUX.2's width 0): a placeholder for
+    "absent", which OpenAPI cannot show as a default, since a default must fit its schema."""
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            continue
+        try:
+            TypeAdapter(Annotated[field.annotation, field]).validate_python(field.default)
+        except ValidationError:
+            yield name
 
 
 # ---- paths ---------------------------------------------------------------------------------
 
 UUID = {"type": "string", "format": "uuid"}
-DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+EVENT_ID = {"type": "string", "pattern": "^[0-9]*$"}  # empty: none, as EventSource has it
 JOB_ID = param("job_id", "path", UUID, "The job's id")
 SUBSCRIPTION_ID = param("subscription_id", "path", UUID, "The subscription's id")
 LAST_EVENT_ID = (
-    param("Last-Event-ID", "header", DIGITS, "Resume after this event id; the gap is replayed"),
-    param("last_event_id", "query", DIGITS, "The same, for clients that cannot set headers"),
+    param("Last-Event-ID", "header", EVENT_ID, "Resume after this event id; the gap is replayed"),
+    param("last_event_id", "query", EVENT_ID, "The same, for clients that cannot set headers"),
 )
+# OpenAPI 3.1 has no `itemSchema` (3.2 does): read as 3.2 reads a 3.1 document, and as tools
+# such as schemathesis do, a stream's `schema` describes each event.
+STREAM_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Sequence number"},
+        "event": {"enum": list(jobs.EVENT_TYPES)},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": ref("Event"),
+        },
+    },
+}
 SSE = {
     "description": "Server-Sent Events: `id:` the event's sequence number, `event:` its type, "
     "`data:` an Event; a comment heartbeat every 15 s",
     "headers": {name: {"schema": {"const": value}} for name, value in SSE_HEADERS.items()},
-    # OpenAPI 3.1 cannot type each message of a stream; the extension names the data's schema.
-    "content": {"text/event-stream": {"schema": {"type": "string"}, "x-data": ref("Event")}},
+    "content": {"text/event-stream": {"schema": STREAM_EVENT}},
 }
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 SUBMIT_DESCRIPTION = (
-    "Validated as BFL validates it. `webhook_url`/`webhook_secret`, if given, are not sent to "
-    "BFL: they become this job's callback, which fluxhook sends itself."
+    "Validated as BFL validates it: in pydantic's lax mode, as FastAPI does, so `true`/`false` "
+    "also read as 1/0 and numeric strings as numbers. `webhook_url`/`webhook_secret`, if given, "
+    "are not sent to BFL: they become this job's callback, which fluxhook sends itself."
 )
 
 
@@ -329,8 +367,9 @@ def _drop_in(table: PathTable, refs: dict[str, dict]) -> None:
     table.add(
         "get", "/v1/get_result", "get_result", "A job in BFL's get_result shape", DROP_IN,
         ok={"200": json_body(ref("ResultResponse"), "The job, from fluxhook's table"),
-            "404": json_body(ref("ResultResponse"), "Task not found")},
-        fails=("403", "422"),
+            "404": json_body(ref("ResultResponse"), "Task not found"),
+            "422": json_body(ref("HTTPValidationError"), "Invalid query, as BFL reports it")},
+        fails=("403",),
         params=[param("id", "query", {"type": "string"}, "The job id", required=True),
                 param("wait", "query", wait, "Long-poll up to this many seconds until done")],
     )  # fmt: skip

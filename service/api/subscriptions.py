@@ -12,7 +12,7 @@ from service.api.auth import authenticate
 from service.api.http import error, read_json_object, services
 from service.models import Delivery, Subscription
 from service.signing import new_subscription_secret
-from service.targets import check_target_url
+from service.targets import TargetInvalid, target_url
 
 SUBSCRIPTION_EVENTS = (*jobs.EVENT_TYPES, "subscription.disabled")
 ROTATION_OVERLAP = timedelta(hours=24)  # the old secret keeps signing this long
@@ -35,9 +35,11 @@ def subscription_view(subscription: Subscription) -> dict:
     }
 
 
-def _events(value) -> list[str]:
-    if value is None:
+def _events(body: dict) -> list[str]:
+    """The event types asked for; every job event when the field is absent (null is refused)."""
+    if "events" not in body:
         return list(jobs.EVENT_TYPES)
+    value = body["events"]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise error(422, "events must be a non-empty list of event types")
     unknown = sorted(set(value) - set(SUBSCRIPTION_EVENTS))
@@ -46,9 +48,8 @@ def _events(value) -> list[str]:
     return sorted(set(value), key=SUBSCRIPTION_EVENTS.index)
 
 
-def _description(value) -> str:
-    if value is None:
-        return ""
+def _description(body: dict) -> str:
+    value = body.get("description", "")
     if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
         raise error(422, f"description must be a string of at most {MAX_DESCRIPTION} characters")
     return value
@@ -58,10 +59,11 @@ async def create(request: Request) -> JSONResponse:
     tenant_id = await authenticate(request)
     body = await read_json_object(request)
     svc = services(request)
-    url = body.get("url")
-    if reason := check_target_url(url, svc.settings.allow_private_targets):
-        raise error(422, reason)
-    events, description = _events(body.get("events")), _description(body.get("description"))
+    try:
+        url = target_url(body.get("url"), svc.settings.allow_private_targets)
+    except TargetInvalid as exc:
+        raise error(422, str(exc)) from None
+    events, description = _events(body), _description(body)
     now = svc.clock.now()
     subscription = Subscription(
         tenant_id=tenant_id,
