@@ -9,6 +9,8 @@ import pytest
 from sqlmodel import select
 
 from service.clock import FakeClock
+from service.loops.admission import Admission
+from service.loops.reconciler import Reconciler
 from service.models import IdempotencyKey, Job
 from service.runtime import build_loops
 from tests.support.stack import running_emulator, running_stack
@@ -33,6 +35,10 @@ async def _settle_all(stack, jobs: list[dict], within_s: float = 60) -> list[dic
             for index, job in enumerate(jobs):
                 tg.start_soon(settle, index, job)
     return results
+
+
+def _loop(stack, kind):
+    return next(loop for loop in stack.services.loops if isinstance(loop, kind))
 
 
 async def _rows(stack) -> dict[str, Job]:
@@ -178,7 +184,7 @@ async def test_idempotency_keys_last_a_day_and_bind_the_request(database_url):
         clock.advance(24 * 3600 + 1)
         async with httpx.AsyncClient() as http:
             build_loops(stack.services, http, http)
-            reconciler = stack.services.loops[-1]
+            reconciler = _loop(stack, Reconciler)
             await reconciler.run_once()
         async with stack.services.db.read() as session:
             assert (await session.exec(select(IdempotencyKey))).all() == [], "a day later: gone"
@@ -217,7 +223,7 @@ async def test_a_task_no_host_knows_ends_in_error_after_the_image_window(databas
         httpx.AsyncClient() as http,
     ):
         build_loops(stack.services, http, http)
-        admission, _, _, reconciler = stack.services.loops
+        admission, reconciler = _loop(stack, Admission), _loop(stack, Reconciler)
         job = await stack.submit(FAST_MODEL)
         await admission.run_until_idle()
         await http.post(f"{emulator.url}/_emulator/reset")  # BFL forgets the task

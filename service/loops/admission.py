@@ -4,7 +4,9 @@ database so the limit holds across processes. Queued jobs go out in FIFO order a
 A claimed job holds its slot (`holds_slot`) from the claim until BFL is done with it. Outcomes
 of a submit (DESIGN §4):
 
-- accepted ⇒ `Pending`, and the reconciler's deadline is set;
+- accepted ⇒ `Pending`, and the reconciler's deadline is set (and its early check: while
+  jobs wait for slots, a webhook late by the model's latency + EARLY_CHECK_SLACK_S is asked
+  about once, so a lost webhook does not hold its slot for the whole window);
 - 429 or 5xx or no connection ⇒ back to the queue with backoff, slot released;
 - 402 ⇒ `Error`, `insufficient credits`; other refusals ⇒ `Error` with BFL's reason;
 - timeout ⇒ ambiguous: BFL may have the task. The job keeps its slot and its lease runs for
@@ -45,6 +47,14 @@ MAX_BROKEN_SUBMITS = 3  # a submit that raised something unexpected this often f
 # request waits inside httpcore's pool (whose queue handling is quadratic).
 SUBMIT_CONCURRENCY = 32
 RETRYABLE = (upstream.BFLRateLimited, upstream.BFLServerError, upstream.BFLUnavailable)
+UNKNOWN_LATENCY_S = 30.0  # a model the catalog does not know: assume a slow one
+# 2 s: BFL posts its webhook within milliseconds of the task ending, so one still missing 2 s
+# after the model's expected latency is more likely lost than late (or the task runs long, and
+# the one early get_result was spent for nothing). Every second more is a second that a lost
+# webhook's slot sits idle while jobs wait: at 30 % lost, 24 slots, 5 jobs/s and BFL taking
+# 4 s, the slots keep up only while a lost webhook's slot comes back within ~6 s of submit.
+EARLY_CHECK_SLACK_S = 2.0
+RECONCILER = "reconciler"  # the loop woken when jobs start waiting for slots
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,30 @@ class Limits:
     kontext_max: int = 6
 
 
+def expected_latency_s(model: str) -> float:
+    spec = catalog.get_model(model)
+    return spec.latency_s if spec else UNKNOWN_LATENCY_S
+
+
 def webhook_window(model: str, slack_s: float) -> timedelta:
     """How long after submit a webhook is due: expected latency × 2 + slack (DESIGN §4)."""
-    spec = catalog.get_model(model)
-    latency = spec.latency_s if spec else 30.0
-    return timedelta(seconds=latency * 2 + slack_s)
+    return timedelta(seconds=expected_latency_s(model) * 2 + slack_s)
+
+
+def early_check_window(model: str) -> timedelta:
+    """How long after submit a missing webhook is worth one early `get_result`, if other
+    jobs wait for the slot it holds: expected latency + EARLY_CHECK_SLACK_S."""
+    return timedelta(seconds=expected_latency_s(model) + EARLY_CHECK_SLACK_S)
+
+
+async def jobs_wait_for_slots(session, now: datetime) -> bool:
+    """Whether Queued jobs are due for admission and hold no slot (the admission queue)."""
+    query = (
+        select(Job.id)
+        .where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
+        .limit(1)
+    )
+    return (await session.exec(query)).first() is not None
 
 
 class Admission(Loop):
@@ -88,6 +117,7 @@ class Admission(Loop):
         self.submit_lease = timedelta(seconds=2 * bfl.timeout_s + slack_s)
         self._rng = rng or random.Random()
         self._submitting = 0
+        self._queue_seen = False  # the last claim found jobs waiting with every slot taken
 
     async def claim(self) -> list[Job]:
         room = SUBMIT_CONCURRENCY - self._submitting
@@ -128,7 +158,9 @@ class Admission(Loop):
                 )
             ).all()
         )
-        free = min(self.limits.total - sum(used.values()), room)
+        slots = self.limits.total - sum(used.values())
+        await self._watch_for_a_queue(session, now, slots)
+        free = min(slots, room)
         free_kontext = self.limits.kontext_max - used.get(KONTEXT_MAX, 0)
         if free <= 0:
             return []
@@ -149,6 +181,16 @@ class Admission(Loop):
                 free_kontext -= 1
             admitted.append(job)
         return admitted
+
+    async def _watch_for_a_queue(self, session, now: datetime, free_slots: int) -> None:
+        """Jobs wait and every slot is taken: wake the reconciler, once per queue, to ask BFL
+        early about slots whose webhook is late. While the queue lasts it keeps looking by
+        itself, from the database, so this wake only saves it the rest of its interval. (It is
+        this process's reconciler: every process runs all the loops.)"""
+        waiting = free_slots <= 0 and await jobs_wait_for_slots(session, now)
+        if waiting and not self._queue_seen:
+            self.signals.wake(RECONCILER)
+        self._queue_seen = waiting
 
     async def work(self, job: Job) -> None:
         """Submit one job upstream. Cut short by shutdown, it is ambiguous: its lease runs out."""
@@ -187,7 +229,10 @@ class Admission(Loop):
         job.lease_expires_at = None
         job.submitted_at = job.submitted_at or now
         job.webhook_due_at = job.submitted_at + webhook_window(job.model, self.slack_s)
-        job.next_poll_at = job.webhook_due_at
+        # The first poll may come early, but only while jobs wait for slots (the reconciler
+        # checks); never later than the webhook is due.
+        early = job.submitted_at + early_check_window(job.model)
+        job.next_poll_at = min(early, job.webhook_due_at)
         job.updated_at = now
         if job.status == jobs.QUEUED:
             job.status = jobs.PENDING
