@@ -1,17 +1,21 @@
 """The `fluxhook` command (also `python -m service`).
 
-Server verbs: serve, worker, migrate, emulator, keys create. Client verbs talk to a running
-fluxhook (`--url`/`--key`, else FLUXHOOK_URL and FLUXHOOK_KEY): submit, jobs, deliveries,
-redeliver. Errors go to stderr with a non-zero exit code.
+Server verbs: serve, worker, migrate, emulator, keys create/list/revoke. Client verbs talk to
+a running fluxhook (`--url`/`--key`, else FLUXHOOK_URL and FLUXHOOK_KEY): submit, jobs,
+deliveries, redeliver. Errors go to stderr with a non-zero exit code.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+import time
+from collections.abc import AsyncIterator
 
 import anyio
 
+from service.cli_maintenance import MAINTENANCE_VERBS, add_maintenance_verbs
 from service.settings import Settings, SettingsError
 
 
@@ -24,13 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     emulator = verbs.add_parser("emulator", help="run the local BFL emulator")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=9100)
-    keys = verbs.add_parser("keys", help="API keys").add_subparsers(dest="keys_verb", required=True)
-    create = keys.add_parser("create", help="create a tenant and its key (printed last, alone)")
-    create.add_argument("name")
+    add_key_verbs(verbs)
     from service.client_cli import add_client_verbs
 
+    add_maintenance_verbs(verbs)
     add_client_verbs(verbs)
     return parser
+
+
+def add_key_verbs(verbs) -> None:
+    keys = verbs.add_parser("keys", help="API keys").add_subparsers(dest="keys_verb", required=True)
+    create = keys.add_parser("create", help="create a tenant and its key (printed last, alone)")
+    create.add_argument("name", help="unique; how `keys list` shows the key")
+    keys.add_parser("list", help="every key: id, created, last used, revoked, name (never the key)")
+    revoke = keys.add_parser("revoke", help="refuse a key from now on, in every process")
+    revoke.add_argument("id", help="the key's id, as `keys list` shows it")
 
 
 async def _until_signal() -> None:
@@ -101,21 +113,88 @@ def run_migrate(_args) -> int:
 
 
 def run_keys(args) -> int:
-    async def create() -> str:
-        from service.api.auth import create_key
-        from service.clock import SystemClock
-        from service.db import Database, create_engine
+    from service.api.auth import KeyRequestError
 
-        db = Database(create_engine(Settings.from_env()))
+    verb = {"create": _create_key, "list": _list_keys, "revoke": _revoke_key}[args.keys_verb]
+    try:
+        return anyio.run(verb, args, Settings.from_env())
+    except KeyRequestError as exc:
+        print(f"fluxhook: {exc}", file=sys.stderr)
+        return 2
+
+
+@contextlib.asynccontextmanager
+async def _open_database(settings: Settings) -> AsyncIterator:
+    """The database, once its schema is the one this fluxhook expects (else a clear error)."""
+    from service.api.auth import KeyRequestError
+    from service.db import Database, create_engine
+    from service.migrations import current_revision, head_revision
+
+    db = Database(create_engine(settings))
+    try:
+        if (revision := await current_revision(db)) != head_revision():
+            expected = f"this fluxhook expects {head_revision()}: run `fluxhook migrate` first"
+            raise KeyRequestError(f"the database is at migration {revision}; {expected}")
+        yield db
+    finally:
+        await db.dispose()
+
+
+async def _create_key(args, settings: Settings) -> int:
+    from sqlalchemy.exc import IntegrityError
+
+    from service.api.auth import KeyRequestError, create_key, valid_key_name
+    from service.clock import SystemClock
+
+    name = valid_key_name(args.name)
+    async with _open_database(settings) as db:
         try:
             async with db.write() as session:
-                return await create_key(session, args.name, SystemClock().now())
-        finally:
-            await db.dispose()
-
-    key = anyio.run(create)
-    print(f"created a tenant and API key named {args.name!r}; the key is shown only once:")
+                key = await create_key(session, name, SystemClock().now())
+        except IntegrityError:
+            # Another `keys create` took the name between the check and the commit.
+            taken = f"a key named {name!r} already exists (names are unique)"
+            raise KeyRequestError(taken) from None
+    print(f"created a tenant and API key named {name!r}; the key is shown only once:")
     print(key)
+    return 0
+
+
+async def _list_keys(_args, settings: Settings) -> int:
+    from service.api.auth import list_keys
+
+    async with _open_database(settings) as db, db.read() as session:
+        keys = await list_keys(session)
+    rows = [("ID", "CREATED", "LAST_USED", "REVOKED", "NAME")]
+    for key in keys:
+        times = (_when(key.created_at), _when(key.last_used_at, "never"), _when(key.revoked_at))
+        rows.append((str(key.id), *times, key.name))
+    # Aligned columns, the name last: it is the one cell that may hold spaces.
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for *cells, name in rows:
+        aligned = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        print("  ".join([*aligned, name]))
+    return 0
+
+
+def _when(moment, absent: str = "-") -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else absent
+
+
+async def _revoke_key(args, settings: Settings) -> int:
+    from service.api.auth import CACHE_TTL_S, revoke_key
+    from service.clock import SystemClock
+
+    async with _open_database(settings) as db:
+        async with db.write() as session:
+            key, revoked = await revoke_key(session, args.id, SystemClock().now())
+        committed = time.monotonic()
+    if not revoked:
+        print(f"key {key.id} ({key.name!r}) was already revoked at {_when(key.revoked_at)}")
+        return 0
+    # A process that checked the key just before the commit trusts it CACHE_TTL_S more.
+    await anyio.sleep(max(0.0, committed + CACHE_TTL_S - time.monotonic()))
+    print(f"revoked key {key.id} ({key.name!r}): every fluxhook process refuses it now")
     return 0
 
 
@@ -136,6 +215,7 @@ SERVER_VERBS = {
     "keys": run_keys,
     "emulator": run_emulator,
 }
+SERVER_VERBS.update(MAINTENANCE_VERBS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,11 +57,12 @@ class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True)
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, unique=True)  # operators tell keys apart by name
     prefix: str = Field(max_length=16)
     key_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = _time(nullable=False)
     revoked_at: datetime | None = _time()
+    last_used_at: datetime | None = _time()  # written at most once a minute per key
 
 
 class Job(SQLModel, table=True):
