@@ -125,11 +125,17 @@ def fluxhook_env(database_url: str, port: int, emulator_url: str, max_active: in
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    workdir: Path, database_url: str, max_active: int = 1000, **emulator_settings
+    workdir: Path,
+    database_url: str,
+    max_active: int = 1000,
+    env: dict[str, str] | None = None,
+    **emulator_settings,
 ) -> AsyncIterator[Stack]:
+    """`env`: more of fluxhook's environment (IMAGE_STORE, AWS_*…)."""
+    extra_env = env or {}
     async with running_emulator(workdir, max_active, **emulator_settings) as emulator:
         port = free_port()
-        env = fluxhook_env(database_url, port, emulator.url, max_active)
+        env = fluxhook_env(database_url, port, emulator.url, max_active) | extra_env
         cli = ["-m", "service"]
         run([sys.executable, *cli, "migrate"], env, workdir / "migrate.log")
         key = run([sys.executable, *cli, "keys", "create", "bench"], env, workdir / "keys.log")

@@ -100,3 +100,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def give_space_back(db: "Database") -> None:
+    """SQLite (auto_vacuum=INCREMENTAL): return free pages to the file system after a bulk
+    delete. Each step of the pragma frees one page and Python's `execute` takes one step, so
+    it goes through `executescript` (sqlite3_exec), which runs it to the end."""
+    if db.is_postgres:
+        return  # PostgreSQL's autovacuum makes freed space reusable on its own
+    async with db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.executescript("PRAGMA incremental_vacuum")

@@ -1,17 +1,21 @@
-"""Where stored images live: in the database (`IMAGE_STORE=db`, survives an ephemeral PaaS
-disk) or in a directory (`IMAGE_STORE=fs:PATH`, one machine only)."""
+"""Stored images: in the database (`IMAGE_STORE=db`, survives an ephemeral PaaS disk), a
+directory (`IMAGE_STORE=fs:PATH`, one machine only) or an S3-compatible bucket
+(`IMAGE_STORE=s3://BUCKET[/PREFIX]`); the backends are in `service.stores`."""
 
 import hashlib
-import os
+import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import anyio
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.models import Image
+from service.settings import S3Access
+from service.stores import S3_SCHEME, Buckets, StoreError, delete_file, read_file, write_file
+
+log = logging.getLogger(__name__)
 
 SIGNATURES = {
     b"\xff\xd8\xff": "image/jpeg",
@@ -43,17 +47,15 @@ class FetchTask:
 
 
 class ImageStore:
-    def __init__(self, spec: str) -> None:
-        self.directory = Path(spec.removeprefix("fs:")) if spec.startswith("fs:") else None
+    """New images go to the configured store; any row is read or removed where it says."""
 
-    async def save(
-        self,
-        session: AsyncSession,
-        job_id: uuid.UUID,
-        data: bytes,
-        content_type: str,
-        now: datetime,
-    ) -> Image:
+    def __init__(self, spec: str, s3: S3Access | None = None) -> None:
+        self.spec = spec
+        self.directory = Path(spec.removeprefix("fs:")) if spec.startswith("fs:") else None
+        self.buckets = Buckets(s3 or S3Access())
+
+    async def keep(self, job_id: uuid.UUID, data: bytes, content_type: str, now) -> Image:
+        """Write the bytes; return the row that points at them, for the caller to commit."""
         image = Image(
             job_id=job_id,
             content_type=content_type,
@@ -61,25 +63,56 @@ class ImageStore:
             sha256=hashlib.sha256(data).hexdigest(),
             created_at=now,
         )
-        if self.directory is None:
+        if self.spec == "db":
             image.data = data
+        elif self.directory is not None:
+            path = await anyio.to_thread.run_sync(write_file, self.directory, job_id, data)
+            image.path = str(path)
         else:
-            image.path = str(await anyio.to_thread.run_sync(self._write_file, job_id, data))
-        session.add(image)
+            image.path = f"{self.spec}/{job_id.hex}"
+            await self.buckets.put(image.path, data, content_type)
         return image
+
+    def holds(self, image: Image) -> bool:
+        """Whether `image` is where the configured store would put it now."""
+        if self.spec == "db":
+            return image.data is not None
+        if self.directory is not None:
+            return image.path is not None and Path(image.path).parent == self.directory
+        return image.path is not None and image.path.startswith(self.spec + "/")
 
     async def load(self, image: Image) -> bytes:
         if image.data is not None:
             return image.data
-        return await anyio.to_thread.run_sync(Path(image.path).read_bytes)
+        if image.path.startswith(S3_SCHEME):
+            return await self.buckets.get(image.path)
+        return await read_file(image.path)
 
-    def _write_file(self, job_id: uuid.UUID, data: bytes) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / job_id.hex
-        partial = final.with_suffix(".partial")
-        with partial.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the row that points at it commits
-        partial.replace(final)
-        return final
+    async def body(self, image: Image) -> bytes | AsyncIterator[bytes]:
+        """What to serve: the bytes, or (S3) a stream of them, not buffered in memory."""
+        if image.path is not None and image.path.startswith(S3_SCHEME):
+            return await self.buckets.open(image.path)
+        return await self.load(image)
+
+    async def discard(self, image: Image) -> None:
+        """Remove the bytes a row points at (the row itself is the caller's to delete)."""
+        if image.path is None:
+            return
+        if image.path.startswith(S3_SCHEME):
+            await self.buckets.delete(image.path)
+        else:
+            await delete_file(image.path)
+
+    async def forget(self, image: Image) -> None:
+        """`discard`, for bytes no row points at any more: a failure leaves an orphan (space,
+        not breakage), so it is logged rather than raised."""
+        try:
+            await self.discard(image)
+        except (StoreError, OSError) as exc:
+            log.warning("the old bytes of job %s's image were not removed: %s", image.job_id, exc)
+
+    async def problem(self) -> str | None:
+        """Why new images cannot be stored now (for /readyz), or None."""
+        if self.spec.startswith(S3_SCHEME):
+            return await self.buckets.problem(self.spec)
+        return None

@@ -1,9 +1,10 @@
 """Settings from the environment (12-factor), built by `create_app` or the CLI, never at import."""
 
+import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./fluxhook.db"
 DEFAULT_BFL_API_URL = "https://api.bfl.ai"
@@ -73,10 +74,50 @@ def _poll_host_url(host: str) -> str:
     return url.rstrip("/")
 
 
-def _image_store(value: str) -> str:
+def parse_image_store(value: str) -> str:
     if value == "db" or (value.startswith("fs:") and len(value) > 3):
         return value
-    raise SettingsError(f"IMAGE_STORE must be 'db' or 'fs:PATH', not {value!r}")
+    if value.startswith("s3://") and value[5:].split("/")[0]:
+        return value.rstrip("/")
+    raise SettingsError(
+        f"IMAGE_STORE must be 'db', 'fs:PATH' or 's3://BUCKET[/PREFIX]', not {value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """The standard AWS variables, for an S3-compatible store (AWS, R2, MinIO, Bucketeer)."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None  # non-AWS endpoints (R2, MinIO…)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "S3Access":
+        return cls(
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+        )
+
+
+def _metrics_key(environ: Mapping[str, str]) -> str | None:
+    """A bearer token: visible ASCII, no spaces (what an Authorization header can carry)."""
+    value = environ.get("METRICS_KEY", "").strip()
+    if value and not all("!" <= char <= "~" for char in value):
+        raise SettingsError("METRICS_KEY must be visible ASCII characters without spaces")
+    return value or None
+
+
+def _retention_days(environ: Mapping[str, str]) -> float:
+    days = _number(environ, "RETENTION_DAYS", 30.0, float)
+    if not math.isfinite(days):
+        raise SettingsError("RETENTION_DAYS must be a number of days (0 keeps everything)")
+    return days
 
 
 @dataclass(frozen=True)
@@ -96,14 +137,21 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     image_store: str = "db"
+    s3: S3Access = field(default_factory=S3Access)
+    retention_days: float = 30.0  # finished jobs older than this are pruned; 0 keeps all
     image_url_ttl_s: int = 7 * 24 * 3600  # 7 days: result.sample links stay usable a week
     db_pool_size: int = 5  # small PostgreSQL plans allow ~20 connections in all
     reconcile_interval_s: float = 10.0
     reconcile_slack_s: float = 30.0  # a webhook is overdue at expected latency × 2 + this
+    # While jobs wait for slots, ask BFL early about a slot whose webhook is late (off: only
+    # the overdue ones, the behaviour before early checks; for comparisons).
+    reconcile_early_checks: bool = True
     delivery_timeout_s: float = 10.0
     delivery_concurrency: int = 16  # callbacks in flight per subscription, all processes
     image_fetch_timeout_s: float = 30.0
     sse_heartbeat_s: float = 15.0  # PaaS routers cut a stream idle for 55 s
+    # When set, /metrics needs `Authorization: Bearer <metrics_key>`. Kept out of repr().
+    metrics_key: str | None = field(default=None, repr=False)
 
     @property
     def emulator_mode(self) -> bool:
@@ -139,15 +187,19 @@ class Settings:
             allow_private_targets=_bool(env, "ALLOW_PRIVATE_TARGETS", bfl_api_key is None),
             log_format=_log_format(env, on_paas),
             log_level=_log_level(env),
-            image_store=_image_store(env.get("IMAGE_STORE") or "db"),
+            image_store=parse_image_store(env.get("IMAGE_STORE") or "db"),
+            s3=S3Access.from_env(env),
+            retention_days=_retention_days(env),
             image_url_ttl_s=_number(env, "IMAGE_URL_TTL_S", 7 * 24 * 3600),
             db_pool_size=_number(env, "DB_POOL_SIZE", 5),
             reconcile_interval_s=_number(env, "RECONCILE_INTERVAL_S", 10.0, float),
             reconcile_slack_s=_number(env, "RECONCILE_SLACK_S", 30.0, float),
+            reconcile_early_checks=_bool(env, "RECONCILE_EARLY_CHECKS", True),
             delivery_timeout_s=_number(env, "DELIVERY_TIMEOUT_S", 10.0, float),
             delivery_concurrency=_at_least_one(env, "DELIVERY_CONCURRENCY", 16),
             image_fetch_timeout_s=_number(env, "IMAGE_FETCH_TIMEOUT_S", 30.0, float),
             sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
+            metrics_key=_metrics_key(env),
         )
 
 

@@ -50,3 +50,13 @@ def sqlite_url(tmp_path, sqlite_template) -> str:
     path = tmp_path / "fluxhook.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback, shared by the session (each test makes its own bucket)."""
+    from tests.support.s3 import start_s3_server
+
+    server, s3 = start_s3_server()
+    yield s3
+    server.stop()

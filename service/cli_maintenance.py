@@ -1,0 +1,95 @@
+"""Operator verbs on the database: `fluxhook prune [--older-than DURATION]` and
+`fluxhook images copy --to STORE`. Both use DATABASE_URL and the AWS variables as `serve` does."""
+
+import argparse
+import contextlib
+import re
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import anyio
+
+from service.settings import Settings, SettingsError
+
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def duration(text: str) -> timedelta:
+    """`0s`, `90m`, `12h`, `30d` (argparse type)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 0s, 90m, 12h or 30d")
+    return timedelta(**{UNITS[match[2]]: float(match[1])})
+
+
+def add_maintenance_verbs(verbs) -> None:
+    prune = verbs.add_parser(
+        "prune", help="delete finished jobs older than RETENTION_DAYS (or --older-than) now"
+    )
+    prune.add_argument(
+        "--older-than",
+        type=duration,
+        metavar="DURATION",
+        help="age of the finished jobs to delete, like 0s, 12h or 30d (default: RETENTION_DAYS)",
+    )
+    images = verbs.add_parser("images", help="stored images")
+    image_verbs = images.add_subparsers(dest="images_verb", required=True)
+    copy = image_verbs.add_parser("copy", help="copy every stored image into another store")
+    copy.add_argument("--to", required=True, metavar="STORE", help="db, fs:PATH or s3://BUCKET")
+
+
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator:
+    from service.db import Database, create_engine
+
+    db = Database(create_engine(settings))
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+def run_prune(args) -> int:
+    from service.clock import SystemClock
+    from service.images import ImageStore
+    from service.retention import prune
+
+    settings = Settings.from_env()
+    older_than = args.older_than
+    if older_than is None:
+        if settings.retention_days <= 0:
+            raise SettingsError("RETENTION_DAYS is 0 (keep everything); give --older-than")
+        older_than = timedelta(days=settings.retention_days)
+
+    async def one_pass():
+        async with _database(settings) as db:
+            store = ImageStore(settings.image_store, settings.s3)
+            return await prune(db, store, SystemClock().now() - older_than)
+
+    print(f"deleted {anyio.run(one_pass).summary()}", flush=True)
+    return 0
+
+
+def run_images(args) -> int:
+    from service.copying import copy_images
+    from service.images import ImageStore
+    from service.settings import parse_image_store
+
+    settings = Settings.from_env()
+    target = ImageStore(parse_image_store(args.to), settings.s3)
+
+    async def copy():
+        if problem := await target.problem():
+            raise SettingsError(problem)
+        async with _database(settings) as db:
+            return await copy_images(db, target, report=lambda line: print(line, flush=True))
+
+    copied = anyio.run(copy)
+    if copied.failed:
+        print(f"fluxhook: {copied.failed} images were not copied (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+MAINTENANCE_VERBS = {"prune": run_prune, "images": run_images}

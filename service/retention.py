@@ -1,0 +1,142 @@
+"""Retention: finished jobs older than `RETENTION_DAYS` are deleted with everything that hangs
+off them (events, deliveries, their own callback subscription, idempotency keys, the stored
+image), in small batches, by one process at a time (a PostgreSQL advisory lock).
+
+Never deleted: a job that is not finished, a `Ready` whose image is not stored yet, or one
+that is still owed a delivery (a pending callback waits for it).
+The image's bytes (file or object) are removed after the rows' transaction commits, so a crash
+can leave an orphan object but never a row that points at nothing. On SQLite the freed pages
+go back to the file system (`auto_vacuum=INCREMENTAL`, then `PRAGMA incremental_vacuum`).
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy import func
+from sqlmodel import select
+
+from service import jobs
+from service.db import Database, give_space_back
+from service.images import ImageStore
+from service.loops.base import Loop
+from service.models import Delivery, IdempotencyKey, Image, Job, JobEvent, Subscription
+from service.signals import Signals
+
+log = logging.getLogger(__name__)
+RETENTION_LOCK = 0x466C7578_04
+BATCH = 200  # jobs per transaction: short transactions, so no writer waits long
+PENDING = "pending"
+
+
+@dataclass
+class Pruned:
+    jobs: int = 0
+    events: int = 0
+    deliveries: int = 0
+    subscriptions: int = 0
+    idempotency_keys: int = 0
+    images: int = 0
+
+    def add(self, other: "Pruned") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{getattr(self, f.name)} {f.name.replace('_', ' ')}" for f in fields(self)
+        )
+
+
+def prunable(cutoff: datetime, limit: int):
+    """Finished before `cutoff`, and owed nothing."""
+    owed = sa.exists().where(Delivery.job_id == Job.id, Delivery.status == PENDING)
+    fetching = (Job.status == jobs.READY) & ~Job.image_stored  # its image is still owed too
+    return (
+        select(Job.id)
+        .where(Job.status.in_(jobs.TERMINAL), Job.finished_at < cutoff, ~owed, ~fetching)
+        .order_by(Job.finished_at)
+        .limit(limit)
+    )
+
+
+async def prune_batch(db: Database, store: ImageStore, cutoff: datetime, limit: int = BATCH):
+    """Delete one batch; returns what went (`jobs == 0`: nothing was left)."""
+    async with db.write() as session:
+        if db.is_postgres:
+            leader = sa.select(func.pg_try_advisory_xact_lock(RETENTION_LOCK))
+            if not (await session.exec(leader)).scalar():
+                return Pruned()  # another process is pruning
+        ids = list((await session.exec(prunable(cutoff, limit))).all())
+        if not ids:
+            return Pruned()
+        images = list((await session.exec(select(Image).where(Image.job_id.in_(ids)))).all())
+        pruned = await _delete_rows(session, ids)
+    for image in images:
+        await store.forget(image)
+    pruned.images = len(images)
+    return pruned
+
+
+async def _delete_rows(session, ids: list[uuid.UUID]) -> Pruned:
+    """Children first (foreign keys): deliveries, events, callbacks, keys, images, jobs."""
+
+    async def delete(model, column) -> int:
+        result = await session.exec(sa.delete(model).where(column.in_(ids)))
+        return result.rowcount
+
+    deliveries = await delete(Delivery, Delivery.job_id)
+    events = await delete(JobEvent, JobEvent.job_id)
+    subscriptions = await delete(Subscription, Subscription.job_id)
+    keys = await delete(IdempotencyKey, IdempotencyKey.job_id)
+    await delete(Image, Image.job_id)
+    return Pruned(
+        jobs=await delete(Job, Job.id),
+        events=events,
+        deliveries=deliveries,
+        subscriptions=subscriptions,
+        idempotency_keys=keys,
+    )
+
+
+async def prune(db: Database, store: ImageStore, cutoff: datetime) -> Pruned:
+    """Batches until none is left, then (SQLite) give the free pages back."""
+    total = Pruned()
+    while (batch := await prune_batch(db, store, cutoff)).jobs:
+        total.add(batch)
+    if total.jobs:
+        await give_space_back(db)
+    return total
+
+
+class Retention(Loop):
+    """One pruning pass per interval (each batch under the advisory lock on PostgreSQL)."""
+
+    name = "retention"
+    interval_s = 600.0  # 10 minutes: retention is counted in days
+
+    def __init__(
+        self, db: Database, signals: Signals, clock, store: ImageStore, keep: timedelta
+    ) -> None:
+        super().__init__(signals)
+        self.db, self.clock, self.store, self.keep = db, clock, store, keep
+
+    async def run(self) -> None:
+        while not self.stopping:
+            await self.run_once()
+            if not self.stopping:
+                await self.signals.wait(self.name, self.interval_s)
+
+    async def claim(self) -> list[datetime]:
+        """A pass is one item: its cutoff."""
+        return [self.clock.now() - self.keep]
+
+    async def work(self, cutoff: datetime) -> None:
+        pruned = await prune(self.db, self.store, cutoff)
+        if pruned.jobs:
+            log.info("retention: deleted %s", pruned.summary())
+
+    async def failed(self, cutoff: datetime, exc: Exception) -> None:
+        """Logged already; the next pass starts over from the table, so nothing is owed."""
