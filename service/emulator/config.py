@@ -2,7 +2,9 @@
 
 `time_scale` scales BFL's clock: task latency, progress, webhook retry gaps, the life of delivery
 URLs and task retention. Values a tester sets in seconds on purpose (`webhook_delay_s`,
-`submit_stall_s`, `webhook_timeout_s`) are not scaled.
+`submit_stall_s`, `webhook_timeout_s`) are not scaled, nor is the delivery hop
+(`delivery_ttfb_s`, `delivery_bytes_per_s`): it is the network between BFL's blob storage and
+the client, not BFL's clock, and a benchmark sets it to real values (0.15 s, 20e6 B/s).
 """
 
 from typing import Annotated, Literal
@@ -33,6 +35,10 @@ class EmulatorConfig(BaseModel):
     kontext_max_limit: Annotated[int, Field(ge=1)] = 6  # of which flux-kontext-max: 6
     url_ttl_s: Annotated[float, Field(gt=0)] = 600.0  # 10 minutes: BFL's signed URLs expire
     retention_s: Annotated[float, Field(gt=0)] = 3600.0  # then get_result says Task not found
+    # The download of a `/delivery/...` image, like Azure blob storage over the internet; real
+    # seconds and bytes per second, never scaled. Rate None: the body goes out at loopback speed.
+    delivery_ttfb_s: Seconds = 0.0  # request received -> status line and headers sent
+    delivery_bytes_per_s: Annotated[float, Field(gt=0)] | None = None
 
     submit_5xx: Probability = 0.0
     submit_timeout: Probability = 0.0

@@ -49,6 +49,9 @@ class ControlRoutes:
                 "webhooks_dropped": stats.webhooks_dropped,
                 "active_tasks": store.active_total,
                 "max_active": stats.max_active,
+                "deliveries": stats.deliveries,
+                "delivery_bytes": stats.delivery_bytes,
+                "deliveries_by_task": dict(stats.deliveries_by_task),
                 "credits": dict(store.credits),
             }
         )

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import catalog
+from service.emulator.delivery import image_response, sleep_until
 from service.emulator.engine import Emulator
 from service.emulator.images import azure_error, etag
 from service.emulator.ratelimit import RateLimits
@@ -110,6 +111,15 @@ class PublicRoutes:
         return JSONResponse({"credits": self.emulator.store.balance(key)})
 
     async def delivery(self, request: Request) -> Response:
+        config = self.emulator.config
+        # Time to first byte counts from the request's arrival and overlaps the render, as a
+        # blob host's latency overlaps its lookup; see delivery.py for why it precedes headers.
+        first_byte_at = anyio.current_time() + config.delivery_ttfb_s
+        response = await self._delivery(request, config.delivery_bytes_per_s)
+        await sleep_until(first_byte_at)
+        return response
+
+    async def _delivery(self, request: Request, bytes_per_s: float | None) -> Response:
         task_id, ext = request.path_params["task_id"], request.path_params["ext"]
         query = request.query_params
         refusal = self.emulator.signer.check(
@@ -126,7 +136,8 @@ class PublicRoutes:
         headers = {"ETag": tag, "Cache-Control": "max-age=1200"}
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
-        return Response(content, media_type=f"image/{ext}", headers=headers)
+        self.emulator.store.stats.count_delivery(task_id, len(content))
+        return image_response(content, f"image/{ext}", headers, bytes_per_s)
 
 
 def submit_body(task, base: str) -> dict:

@@ -77,6 +77,15 @@ class Stats:
     webhooks_failed: int = 0
     webhooks_dropped: int = 0
     max_active: int = 0
+    # Images served whole-body (200) from /delivery: a client that downloads twice shows here.
+    deliveries: int = 0
+    delivery_bytes: int = 0
+    deliveries_by_task: collections.Counter = field(default_factory=collections.Counter)
+
+    def count_delivery(self, task_id: str, size: int) -> None:
+        self.deliveries += 1
+        self.delivery_bytes += size
+        self.deliveries_by_task[task_id] += 1
 
 
 class Store:
