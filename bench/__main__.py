@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import economy, ingest, machine, notify, pipeline, profiling, report, streams
+from bench import (
+    economy,
+    ingest,
+    machine,
+    notify,
+    pipeline,
+    pixels,
+    profiling,
+    report,
+    slots,
+    soak,
+    streams,
+)
 from bench.stack import Databases
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -59,6 +71,12 @@ def measurements(smoke: bool) -> list[Measurement]:
                 f"streams_{clients}",
                 lambda d, w, n=clients: streams.measure(plan(streams), d, w, n),
             )
+        )
+    out.append(Measurement("slots", lambda d, w: slots.measure(plan(slots), d, w)))
+    out.append(Measurement("soak", lambda d, w: soak.measure(plan(soak), d, w)))
+    for load in plan(pixels):
+        out.append(
+            Measurement(f"pixels_{load.rate:g}", lambda d, w, p=load: pixels.measure(p, d, w))
         )
     return out
 
@@ -108,6 +126,9 @@ def shape(smoke: bool) -> report.Shape:
         pipeline_rate=plan(pipeline).rate,
         stream_sizes=plan(streams).clients,
         latencies=plan(economy).latencies_s,
+        slots_load=plan(slots).describe(),
+        pixel_rates=tuple(load.rate for load in plan(pixels)),
+        soak_jobs=plan(soak).jobs,
     )
 
 

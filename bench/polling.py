@@ -25,9 +25,10 @@ class Polled:
     seen_ready: float  # epoch seconds
 
 
-async def _client(pool: wire.Pool, interval_s: float) -> Polled:
+async def _client(pool: wire.Pool, interval_s: float, body: dict, download: bool) -> Polled:
+    """`download`: once `Ready`, fetch the image from BFL's URL too (time to pixels)."""
     auth = {"x-key": BFL_KEY}
-    submitted = await pool.post_json(f"/v1/{MODEL}", JOB_BODY, auth)
+    submitted = await pool.post_json(f"/v1/{MODEL}", body, auth)
     if submitted.status != 200:
         raise RuntimeError(f"emulator submit answered {submitted.status}")
     url = urlsplit(submitted.json()["polling_url"])
@@ -38,17 +39,33 @@ async def _client(pool: wire.Pool, interval_s: float) -> Polled:
         if result["status"] in TERMINAL:
             if result["status"] != "Ready":
                 raise RuntimeError(f"task ended {result['status']}")
+            if download:
+                image = await pool.request("GET", request_target(result["result"]["sample"]))
+                if image.status != 200:
+                    raise RuntimeError(f"image download answered {image.status}")
             return Polled(result["id"], time.time())
 
 
+def request_target(url: str) -> str:
+    """The request target (path and query) of an absolute URL."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 async def polling_clients(
-    emulator: EmulatorControl, rate: float, jobs: int, interval_s: float = DOCS_INTERVAL_S
+    emulator: EmulatorControl,
+    rate: float,
+    jobs: int,
+    interval_s: float = DOCS_INTERVAL_S,
+    body: dict = JOB_BODY,
+    download: bool = False,
 ) -> tuple[Load, list[float]]:
     """`jobs` polling clients started at `rate`; the load, and each job's seconds from the
-    emulator's terminal event to its client seeing `Ready`."""
+    emulator's terminal event to its client seeing `Ready` (and, with `download`, holding
+    the image)."""
     pool = wire.Pool(emulator.url, POOL)
     try:
-        load = await open_loop(rate, jobs, lambda _i: _client(pool, interval_s))
+        load = await open_loop(rate, jobs, lambda _i: _client(pool, interval_s, body, download))
     finally:
         pool.close()
     finished = await emulator.finished_at()

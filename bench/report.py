@@ -14,10 +14,12 @@ SKIPPED = "skipped (no PostgreSQL)"
 
 @dataclass(frozen=True)
 class Target:
-    op: str  # "<=" or ">="
+    op: str  # "<=", ">=" or "=="
     value: float
 
     def met(self, figure: float) -> bool:
+        if self.op == "==":
+            return figure == self.value
         return figure <= self.value if self.op == "<=" else figure >= self.value
 
 
@@ -48,6 +50,9 @@ class Shape:
     pipeline_rate: float
     stream_sizes: tuple[int, int]
     latencies: tuple[float, ...]
+    slots_load: str
+    pixel_rates: tuple[float, ...]
+    soak_jobs: int
 
 
 def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
@@ -68,6 +73,57 @@ def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
          f"{shape.pipeline_rate:g} jobs/s)", _pipeline_rows()),
         ("5. Streams (N SSE clients on one process, SQLite)", _stream_rows(*shape.stream_sizes)),
         ("6. fluxhook resident memory under each load (peak · end)", _rss_rows(shape)),
+        (f"7. Slots come back fast (queue wait, accepted → submitted upstream; {shape.slots_load})",
+         _slots_rows()),
+        (f"8. Storage and retention (SQLite, {shape.soak_jobs} jobs of 1024×768 JPEG, MB)",
+         _soak_rows()),
+        ("9. Time to pixels (SQLite; delivery hop: 0.15 s to first byte, 20 MB/s; "
+         "1024×768 JPEG; from the emulator's terminal event)",
+         [row for rate in shape.pixel_rates for row in _pixel_rows(rate)]),
+    ]  # fmt: skip
+
+
+def _soak_rows() -> list[Row]:
+    rows = []
+    for store in ("db", "s3"):
+        rows += [
+            Row(f"{store}: database, empty", "soak", f"{store}_empty_mb", "MB"),
+            Row(f"{store}: database after the load", "soak", f"{store}_loaded_mb", "MB"),
+            Row(f"{store}: database after a prune", "soak", f"{store}_pruned_mb", "MB"),
+        ]
+    return [
+        *rows,
+        Row("s3: bucket after the load", "soak", "s3_bucket_loaded_mb", "MB"),
+        Row("s3: bucket after a prune", "soak", "s3_bucket_pruned_mb", "MB"),
+        Row("s3: one image through fluxhook's link (streamed), p50", "soak",
+            "serve_stream_ms", "ms"),
+        Row("s3: the same as a 302 + presigned GET would cost, p50", "soak",
+            "serve_redirect_ms", "ms"),
+    ]  # fmt: skip
+
+
+def _pixel_rows(rate: float) -> list[Row]:
+    source = f"pixels_{rate:g}"
+    light = rate <= 10  # the light-load goals
+    return [
+        Row(f"{rate:g} jobs/s: SSE client gets job.ready, p50", source, "sse_p50_ms", "ms",
+            at_most(5) if light else None),
+        Row(f"{rate:g} jobs/s: SSE client gets job.ready, p99", source, "sse_p99_ms", "ms",
+            at_most(20) if light else None),
+        Row(f"{rate:g} jobs/s: subscriber gets job.ready, p50", source, "callback_p50_ms", "ms",
+            at_most(5) if light else None),
+        Row(f"{rate:g} jobs/s: subscriber gets job.ready, p99", source, "callback_p99_ms", "ms",
+            at_most(20) if light else None),
+        Row(f"{rate:g} jobs/s: image in the SSE client's hand, p50", source, "pixels_p50_ms",
+            "ms"),
+        Row(f"{rate:g} jobs/s: image in the SSE client's hand, p99", source, "pixels_p99_ms",
+            "ms"),
+        Row(f"{rate:g} jobs/s: polling loop, image in hand, p50", source,
+            "polling_pixels_p50_ms", "ms"),
+        Row(f"{rate:g} jobs/s: fluxhook sooner than polling, p50", source,
+            "pixels_sooner_p50_ms", "ms", at_least(200)),
+        Row(f"{rate:g} jobs/s: downloads from BFL's delivery route per job", source,
+            "downloads_per_job", "calls", Target("==", 1.0)),
     ]  # fmt: skip
 
 
@@ -162,6 +218,19 @@ def _rss_rows(shape: Shape) -> list[Row]:
     return [Row(label, source, "rss_peak_mb", "MB", also="rss_end_mb") for label, source in loads]
 
 
+def _slots_rows() -> list[Row]:
+    return [
+        Row("queue wait p50, early checks", "slots", "early_wait_p50_ms", "ms", at_most(5000)),
+        Row("queue wait p99, early checks", "slots", "early_wait_p99_ms", "ms"),
+        Row("  get_result per lost webhook, at the last submit", "slots",
+            "early_polls_per_lost", "calls"),
+        Row("before: queue wait p50, no early checks", "slots", "without_wait_p50_ms", "ms"),
+        Row("before: queue wait p99, no early checks", "slots", "without_wait_p99_ms", "ms"),
+        Row("  get_result per lost webhook, at the last submit", "slots",
+            "without_polls_per_lost", "calls"),
+    ]  # fmt: skip
+
+
 def _economy_rows(latencies: tuple[float, ...]) -> list[Row]:
     out = []
     for latency in latencies:
@@ -206,7 +275,7 @@ def _cell(values: list[float], unit: str) -> str:
 def _target(row: Row) -> str:
     if row.target is None:
         return ""
-    sign = "≤" if row.target.op == "<=" else "≥"
+    sign = {"<=": "≤", ">=": "≥", "==": "="}[row.target.op]
     return f"{sign} {fmt(row.target.value, row.unit)}{_unit(row.unit)}"
 
 
@@ -264,7 +333,7 @@ def late_notes(results: dict) -> list[str]:
             if "error" in run:
                 notes.append(f"{name} run {number} failed: {run['error']}")
                 continue
-            for key in ("load", "polling_load"):
+            for key in ("load", "polling_load", "early_load", "without_load"):
                 load = run.get(key)
                 if load and load["late_sends"]:
                     notes.append(

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service.db import before_commit
+from service.db import before_commit, on_commit
 from service.models import Delivery, JobEvent, Subscription
 from service.signals import Signals
 from service.views import job_view
@@ -85,7 +85,7 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
             await session.exec(sa.select(lock))
     await session.flush()  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
-    if await _add_deliveries(session, events, now):
+    if await _add_deliveries(session, events, now, signals.deliveries):
         await signals.after_commit(session, "dispatcher")
     if postgres:
         payloads = [notify_payload(event) for event in events]
@@ -127,29 +127,36 @@ async def _insert_events(session: AsyncSession, events: list[StagedEvent]) -> No
         event.seq = seq
 
 
-async def _add_deliveries(session: AsyncSession, events: list[StagedEvent], now) -> int:
-    """The outbox rows: one per (event, enabled subscription that asked for its type)."""
+async def _add_deliveries(
+    session: AsyncSession, events: list[StagedEvent], now, handoff=None
+) -> int:
+    """The outbox rows: one per (event, enabled subscription that asked for its type). With
+    a dispatcher in this process (`handoff`) that has room, they are leased to it here and
+    handed over once the transaction commits: the callback leaves without a claim."""
     tenants = {event.tenant_id for event in events}
     jobs = {event.job_id for event in events if event.job_id}
-    query = sa.select(
-        SUBSCRIPTIONS.c.id, SUBSCRIPTIONS.c.tenant_id, SUBSCRIPTIONS.c.job_id,
-        SUBSCRIPTIONS.c.events,
-    ).where(
+    query = sa.select(SUBSCRIPTIONS).where(
         SUBSCRIPTIONS.c.tenant_id.in_(tenants),
         SUBSCRIPTIONS.c.enabled,
         or_(SUBSCRIPTIONS.c.job_id.is_(None), SUBSCRIPTIONS.c.job_id.in_(jobs)),
-    )  # fmt: skip
+    )
     subscriptions = (await session.exec(query)).all()
+    owed = [(e, s) for e in events for s in subscriptions if _wants(s, e)]
+    if not owed:
+        return 0
+    leases = handoff.leases([s.id for _, s in owed], now) if handoff else [None] * len(owed)
     rows = [
         {"id": uuid.uuid4(), "tenant_id": event.tenant_id, "subscription_id": subscription.id,
          "job_id": event.job_id, "event_seq": event.seq, "event_type": event.type,
-         "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
-        for event in events
-        for subscription in subscriptions
-        if _wants(subscription, event)
+         "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+         "lease_expires_at": lease}
+        for (event, subscription), lease in zip(owed, leases, strict=True)
     ]  # fmt: skip
-    if rows:
-        await session.exec(sa.insert(DELIVERIES), params=rows)
+    await session.exec(sa.insert(DELIVERIES), params=rows)
+    leased = zip(rows, owed, strict=True)
+    handed = [(row, s, e) for row, (e, s) in leased if row["lease_expires_at"] is not None]
+    if handed:
+        on_commit(session, lambda: handoff.take(handed))
     return len(rows)
 
 

@@ -154,14 +154,14 @@ def transition(status: str, progress: float | None, update: BflUpdate) -> Change
 
     Terminal states never change: duplicates and late or contradictory events are ignored.
     Progress only moves forward. A job leaving `Queued` announces `job.submitted` first, even
-    when BFL's webhook beat the submit response. `Ready` records no event of its own:
-    `job.ready` waits for the stored image.
+    when BFL's webhook beat the submit response. `job.ready` goes out at once: fluxhook's
+    image link works from that moment (it streams the download until the image is stored).
     """
     if status in TERMINAL or update.status == TASK_NOT_FOUND:
         return None
     submitted = (EVENT_SUBMITTED,) if status == QUEUED else ()
     if update.status in TERMINAL:
-        own = () if update.status == READY else (event_for(update.status),)
+        own = (event_for(update.status),)
         return Change(status=update.status, progress=progress, events=submitted + own)
     target = max(status, update.status, key=_RANK.__getitem__)
     moved = progress if update.progress is None else max(progress or 0.0, update.progress)
@@ -171,18 +171,7 @@ def transition(status: str, progress: float | None, update: BflUpdate) -> Change
     return Change(status=target, progress=moved, events=submitted + own)
 
 
-def bfl_status(status: str, image_stored: bool) -> str:
-    """The status get_result shows: BFL's words only (DESIGN §6)."""
-    if status in (QUEUED, PROCESSING) or (status == READY and not image_stored):
-        return PENDING
-    return status
-
-
-def public_status(status: str, image_stored: bool) -> str:
-    """The status the native API shows: ours, with `Ready` only once the image is stored."""
-    return PROCESSING if status == READY and not image_stored else status
-
-
-def is_settled(status: str, image_stored: bool) -> bool:
-    """Finished as clients see it: terminal, and a Ready's image stored."""
-    return status in TERMINAL and (status != READY or image_stored)
+def bfl_status(status: str) -> str:
+    """The status get_result shows: BFL's words only (DESIGN §6). `Ready` as soon as BFL
+    says so: the link works at once, streaming the image until it is stored."""
+    return PENDING if status in (QUEUED, PROCESSING) else status

@@ -7,6 +7,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import anyio
 import httpx
@@ -29,10 +30,12 @@ from service.loops.reconciler import Reconciler
 from service.metrics import Metrics
 from service.models import AppSecret
 from service.records import act_on_jobs
+from service.retention import Retention
 from service.settings import Settings
 from service.shards import sharded
 from service.signals import Signals
 from service.signing import Signing
+from service.transfers import Transfers
 from service.views import Urls
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class Services:
     images: ImageStore
     metrics: Metrics
     keys: KeyCache
+    transfers: Transfers = field(default_factory=Transfers)  # image downloads in progress
     fetcher: ImageFetcher | None = None
     loops: list[Loop] = field(default_factory=list)
     job_commits: GroupCommit | None = None  # per-job actions, group-committed
@@ -104,6 +108,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
         urls=svc.urls,
         metrics=svc.metrics,
         commits=svc.job_commits,
+        transfers=svc.transfers,
         timeout_s=s.image_fetch_timeout_s,
     )
     svc.loops = [
@@ -134,6 +139,9 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
             early_checks=s.reconcile_early_checks,
         ),
     ]
+    if s.retention_days > 0:
+        keep = timedelta(days=s.retention_days)
+        svc.loops.append(Retention(**common, store=svc.images, keep=keep))
 
 
 @contextlib.asynccontextmanager
@@ -203,7 +211,7 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         urls=Urls(settings.public_url, signing, settings.image_url_ttl_s),
         bfl=bfl,
         hub=Hub(db, signals),
-        images=ImageStore(settings.image_store),
+        images=ImageStore(settings.image_store, settings.s3),
         metrics=Metrics(),
         keys=KeyCache(),
     )

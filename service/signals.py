@@ -24,6 +24,9 @@ class Signals:
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         # Without NOTIFY (SQLite), committed events go straight to the in-process hub.
         self.event_committed: Callable[[object], None] | None = None
+        # The dispatcher of this process, if it runs here: new deliveries can be leased to it
+        # in the transaction that writes them, and handed over on commit (no claim needed).
+        self.deliveries = None
 
     def wake(self, name: str) -> None:
         self._events[name].set()

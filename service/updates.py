@@ -59,6 +59,7 @@ async def _finish_upstream(
     job.details = update.details
     if update.cost is not None:
         job.cost = update.cost
+    job.finished_at = now
     if job.status == jobs.READY:
         job.sample_url = update.result["sample"]
         job.result = {k: v for k, v in update.result.items() if k != "sample"}
@@ -68,5 +69,4 @@ async def _finish_upstream(
         await signals.after_commit(session, "admission", "images")
         return
     job.lease_expires_at = None
-    job.finished_at = now
     await signals.after_commit(session, "admission")

@@ -44,11 +44,16 @@ def _short_inputs(inputs: dict) -> dict:
 
 
 def result_view(job: Job, urls: Urls) -> dict | None:
-    """BFL's result object with `sample` pointing at fluxhook's stored copy."""
-    if job.status != jobs.READY or not job.image_stored:
+    """BFL's result object with `sample` pointing at fluxhook's own link (which streams the
+    download while the image is on its way to the store, then serves the stored copy)."""
+    if job.status != jobs.READY:
         return None
     upstream = {k: v for k, v in (job.result or {}).items() if k != "sample"}
     return {"sample": urls.image(job.id), **upstream}
+
+
+def _image_url(job: Job, urls: Urls) -> str | None:
+    return f"{urls.public_url}/v1/jobs/{job.id}/image" if job.status == jobs.READY else None
 
 
 def job_view(job: Job, urls: Urls) -> dict:
@@ -56,8 +61,9 @@ def job_view(job: Job, urls: Urls) -> dict:
     return {
         "id": str(job.id),
         "model": job.model,
-        "status": jobs.public_status(job.status, job.image_stored),
-        "progress": None if jobs.is_settled(job.status, job.image_stored) else job.progress,
+        "status": job.status,
+        "progress": None if job.status in jobs.TERMINAL else job.progress,
+        "image_stored": job.image_stored,
         "inputs": _short_inputs(job.inputs),
         "result": result_view(job, urls),
         "details": job.details,
@@ -71,13 +77,13 @@ def job_view(job: Job, urls: Urls) -> dict:
         "submitted_at": _time(job.submitted_at),
         "finished_at": _time(job.finished_at),
         "polling_url": urls.polling(job.id),
-        "image_url": f"{urls.public_url}/v1/jobs/{job.id}/image" if job.image_stored else None,
+        "image_url": _image_url(job, urls),
     }
 
 
 def bfl_result(job: Job, urls: Urls) -> dict:
     """`GET /v1/get_result`: BFL's six keys, BFL's status words."""
-    status = jobs.bfl_status(job.status, job.image_stored)
+    status = jobs.bfl_status(job.status)
     return {
         "id": str(job.id),
         "status": status,

@@ -141,9 +141,8 @@ async def test_an_image_url_httpx_cannot_send_fails_the_job_at_once(database_url
         bound = await wait_for(lambda: _bfl_id(stack, job["id"]))
         ready = {"id": bound, "status": "Ready", "result": {"sample": "http://☃.net/s.jpeg"}}
         assert (await stack.post_webhook(job["id"], ready)).status_code == 200
-        settled = await stack.settled(job["id"])
-        assert settled["status"] == "Error"
-        assert "cannot be fetched" in settled["details"]["error"]
+        failed = await stack.reaches(job["id"], "Error")
+        assert "cannot be fetched" in failed["details"]["error"]
 
 
 async def _bfl_id(stack, job_id: str) -> str | None:

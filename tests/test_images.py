@@ -63,13 +63,14 @@ async def test_an_image_that_cannot_be_fetched_fails_the_job_after_the_window(qu
         assert (await stack.post_webhook(job["id"], ready)).status_code == 200
         fetcher = stack.services.fetcher
         await fetcher.run_until_idle()
-        assert (await stack.client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "Processing"
+        shown = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+        assert (shown["status"], shown["image_stored"]) == ("Ready", False)
         clock.advance(16 * 60)
         await fetcher.run_until_idle()
     detail = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
     assert detail["status"] == "Error"
     assert "could not be fetched" in detail["details"]["error"]
-    assert [e["type"] for e in detail["events"]] == ["job.submitted", "job.failed"]
+    assert [e["type"] for e in detail["events"]] == ["job.submitted", "job.ready", "job.failed"]
 
 
 async def test_stored_images_have_etags_and_signed_links_expire(sqlite_url):
@@ -79,6 +80,7 @@ async def test_stored_images_have_etags_and_signed_links_expire(sqlite_url):
     ):
         job = await stack.submit("flux-dev", width=256, height=256, output_format="png")
         result = await stack.settled(job["id"])
+        await stack.stored(job["id"])
         image = await stack.client.get(f"/v1/jobs/{job['id']}/image")
         assert image.headers["content-type"] == "image/png"
         cached = await stack.client.get(
@@ -99,7 +101,7 @@ async def test_images_can_live_in_a_directory(sqlite_url, tmp_path):
         running_stack(sqlite_url, emulator, image_store=f"fs:{tmp_path / 'images'}") as stack,
     ):
         job = await stack.submit("flux-dev", width=256, height=256)
-        await stack.settled(job["id"])
+        await stack.stored(job["id"])
         files = list((tmp_path / "images").iterdir())
         assert [f.name for f in files] == [uuid.UUID(job["id"]).hex]
         image = await stack.client.get(f"/v1/jobs/{job['id']}/image")

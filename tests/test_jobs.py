@@ -65,9 +65,10 @@ def test_terminal_states_never_change():
             assert transition(status, None, update) is None
 
 
-def test_ready_records_no_event_until_the_image_is_stored():
+def test_ready_announces_itself_at_once():
+    """The image link works from the webhook on (it streams the download until stored)."""
     change = transition(jobs.PENDING, None, BflUpdate("t", jobs.READY, result=SAMPLE))
-    assert (change.status, change.events) == (jobs.READY, ())
+    assert (change.status, change.events) == (jobs.READY, ("job.ready",))
 
 
 def test_failures_and_moderation_announce_themselves():
@@ -92,16 +93,13 @@ def test_a_webhook_before_the_submit_response_still_announces_the_submit():
     change = transition(jobs.QUEUED, None, BflUpdate("t", jobs.PENDING))
     assert (change.status, change.events) == (jobs.PENDING, ("job.submitted",))
     ready = transition(jobs.QUEUED, None, BflUpdate("t", jobs.READY, result=SAMPLE))
-    assert ready.events == ("job.submitted",)
+    assert ready.events == ("job.submitted", "job.ready")
     failed = transition(jobs.QUEUED, None, BflUpdate("t", jobs.ERROR))
     assert failed.events == ("job.submitted", "job.failed")
 
 
 def test_statuses_shown_to_clients():
-    assert jobs.bfl_status(jobs.QUEUED, False) == jobs.PENDING
-    assert jobs.bfl_status(jobs.PROCESSING, False) == jobs.PENDING
-    assert jobs.bfl_status(jobs.READY, False) == jobs.PENDING
-    assert jobs.bfl_status(jobs.READY, True) == jobs.READY
-    assert jobs.public_status(jobs.READY, False) == jobs.PROCESSING
-    assert jobs.is_settled(jobs.ERROR, False)
-    assert not jobs.is_settled(jobs.READY, False)
+    assert jobs.bfl_status(jobs.QUEUED) == jobs.PENDING
+    assert jobs.bfl_status(jobs.PROCESSING) == jobs.PENDING
+    assert jobs.bfl_status(jobs.READY) == jobs.READY
+    assert jobs.bfl_status(jobs.ERROR) == jobs.ERROR

@@ -129,14 +129,14 @@ async def test_duplicates_and_late_events_are_acknowledged_and_ignored(stack):
 
 
 async def test_legacy_dialect_words_map_to_ours(stack):
-    cases = {"SUCCESS": "Processing", "GENERATED CONTENT MODERATED": "Content Moderated"}
+    cases = {"SUCCESS": "Ready", "GENERATED CONTENT MODERATED": "Content Moderated"}
     for word, shown in cases.items():
         job_id = await _queued_job(stack)
         url, secret = stack.webhook(job_id)
         body = {"task_id": "t", "status": word, "result": {"sample": "https://d.example/s.png"}}
         assert (await _post(url, body, {"x-webhook-secret": secret})).status_code == 200
         job = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
-        assert job["status"] == shown  # a Ready shows as Processing until its image is stored
+        assert job["status"] == shown
         async with stack.services.db.read() as session:
             row = (await session.exec(select(Job).where(Job.id == uuid.UUID(job_id)))).one()
         assert row.completed_via == "webhook"

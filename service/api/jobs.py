@@ -1,6 +1,7 @@
 """Native job routes: list, one job with its events, the stored image, signed image URLs."""
 
 import base64
+import logging
 import uuid
 from datetime import datetime
 
@@ -13,10 +14,13 @@ from starlette.responses import JSONResponse, Response
 from service import jobs
 from service.api.auth import authenticate
 from service.api.http import error, query_int, services
+from service.api.images import serve_image
 from service.db import Database
 from service.hub import CLOSED
-from service.models import Image, Job, JobEvent
+from service.models import Job, JobEvent
 from service.views import job_view
+
+log = logging.getLogger(__name__)
 
 IMMUTABLE = "max-age=31536000, immutable"
 
@@ -33,7 +37,7 @@ async def wait_for_terminal(svc, job: Job, wait_s: float) -> Job:
     deadline = anyio.current_time() + wait_s
     with svc.hub.listen(job.tenant_id, job.id) as listener:
         job = await load_job(svc.db, job.tenant_id, job.id)  # re-read now that we listen
-        while not jobs.is_settled(job.status, job.image_stored):
+        while job.status not in jobs.TERMINAL:
             remaining = deadline - anyio.current_time()
             item = await listener.next(remaining) if remaining > 0 else None
             if item is None or item is CLOSED:
@@ -60,11 +64,6 @@ async def tenant_job(request: Request) -> Job:
 def _status_filter(status: str):
     if status not in jobs.STATUSES:
         raise error(422, f"status must be one of {', '.join(jobs.STATUSES)}")
-    unstored_ready = and_(Job.status == jobs.READY, ~Job.image_stored)
-    if status == jobs.READY:
-        return and_(Job.status == jobs.READY, Job.image_stored)
-    if status == jobs.PROCESSING:
-        return or_(Job.status == jobs.PROCESSING, unstored_ready)
     return Job.status == status
 
 
@@ -85,7 +84,7 @@ async def list_jobs(request: Request) -> JSONResponse:
     tenant_id = await authenticate(request)
     limit = query_int(request, "limit", 50, 1, 200)
     query = select(Job).where(Job.tenant_id == tenant_id)
-    if status := request.query_params.get("status"):
+    if (status := request.query_params.get("status")) is not None:
         query = query.where(_status_filter(status))
     if model := request.query_params.get("model"):
         query = query.where(Job.model == model)
@@ -126,7 +125,7 @@ def _event_summary(event: JobEvent) -> dict:
 
 async def job_image(request: Request) -> Response:
     job = await tenant_job(request)
-    return await _image_response(request, job.id, {"cache-control": "private, " + IMMUTABLE})
+    return await serve_image(request, job.id, {"cache-control": "private, " + IMMUTABLE})
 
 
 async def signed_image(request: Request) -> Response:
@@ -137,18 +136,4 @@ async def signed_image(request: Request) -> Response:
     if job_id is None:
         raise error(404, "image link is invalid or has expired")
     cors = {"access-control-allow-origin": "*", "cache-control": "public, " + IMMUTABLE}
-    return await _image_response(request, job_id, cors)
-
-
-async def _image_response(request: Request, job_id: uuid.UUID, headers: dict) -> Response:
-    svc = services(request)
-    async with svc.db.read() as session:
-        image = await session.get(Image, job_id)
-    if image is None:
-        raise error(404, "no stored image for this job")
-    etag = f'"{image.sha256}"'
-    headers = {**headers, "etag": etag}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    data = await svc.images.load(image)
-    return Response(data, media_type=image.content_type, headers=headers)
+    return await serve_image(request, job_id, cors)

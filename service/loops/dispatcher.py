@@ -2,14 +2,22 @@
 PostgreSQL), at most `per_subscription` in flight per subscription across all processes so
 one slow subscriber cannot starve the others, signs, POSTs with a timeout and no redirects,
 and applies the pure schedule of `service.schedule`.
+
+The fast path: while it runs, the transaction that writes new deliveries asks it for room
+(`leases`) and leases them to it at once; on commit they are handed over (`take`) and sent
+without a claim's round trip. Without room (load, or a busy subscription), new deliveries
+wait for the claim as before.
 """
 
+import asyncio
 import logging
 import random
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import anyio
 import httpx
 import sqlalchemy as sa
 from sqlalchemy import func, or_
@@ -87,7 +95,58 @@ class Dispatcher(Loop):
         self.lease = timedelta(seconds=timeout_s * 3)
         self._rng = rng or random.Random()
         self._sending = 0
+        self._in_flight: Counter[uuid.UUID] = Counter()  # per subscription, this process
+        self._handoffs: asyncio.Queue[Send] = asyncio.Queue()
         self._outcomes = GroupCommit(db, self._record)
+
+    def leases(self, subscription_ids: list[uuid.UUID], now: datetime) -> list[datetime | None]:
+        """Inside the transaction that writes new deliveries: a lease for each that this
+        process takes at once, None for each left to the claim. Handoffs use half of the
+        send capacity, so claimed retries and other work always have room."""
+        room = SEND_CONCURRENCY // 2 - self._sending - self._handoffs.qsize()
+        taken: Counter[uuid.UUID] = Counter()
+        leases = []
+        for subscription_id in subscription_ids:
+            busy = self._in_flight[subscription_id] + taken[subscription_id]
+            if room > 0 and busy < self.per_subscription:
+                taken[subscription_id] += 1
+                room -= 1
+                leases.append(now + self.lease)
+            else:
+                leases.append(None)
+        return leases
+
+    def take(self, handed: list) -> None:
+        """On commit: (delivery row, subscription row, staged event) leased to this process."""
+        for row, subscription, event in handed:
+            send = Send(
+                Delivery(**row),
+                Subscription(**subscription._mapping),
+                JobEvent(seq=event.seq, tenant_id=event.tenant_id, job_id=event.job_id,
+                         type=event.type, data=event.data, created_at=event.created_at),
+            )  # fmt: skip
+            self._started(send)
+            self._handoffs.put_nowait(send)
+
+    def _started(self, send: "Send") -> None:
+        self._sending += 1
+        self._in_flight[send.subscription.id] += 1
+
+    async def run(self) -> None:
+        self.signals.deliveries = self
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._take_handoffs, tg)
+                await super().run()
+                tg.cancel_scope.cancel()
+        finally:
+            self.signals.deliveries = None
+            while not self._handoffs.empty():  # leased but not begun: given back at shutdown
+                self._cut_short.append(self._handoffs.get_nowait())
+
+    async def _take_handoffs(self, tg) -> None:
+        while True:
+            tg.start_soon(self._tracked, await self._handoffs.get())
 
     async def claim(self) -> list[uuid.UUID]:
         capacity = SEND_CONCURRENCY - self._sending
@@ -108,7 +167,8 @@ class Dispatcher(Loop):
                     delivery.lease_expires_at = now + self.lease
                     claimed.append(delivery)
             sends = await _with_what_they_carry(session, claimed)
-        self._sending += len(sends)
+        for send in sends:
+            self._started(send)
         return sends
 
     async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
@@ -155,6 +215,9 @@ class Dispatcher(Loop):
             await self._send(send)
         finally:
             self._sending -= 1
+            self._in_flight[send.subscription.id] -= 1
+            if not self._in_flight[send.subscription.id]:
+                del self._in_flight[send.subscription.id]
             self.signals.wake(self.name)  # room for the next claim
 
     async def _send(self, send: "Send") -> None:

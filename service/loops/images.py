@@ -1,8 +1,10 @@
 """The image fetcher: BFL's signed URL dies after 10 minutes, so download it at once and keep it.
 
-`job.ready` is recorded only once the bytes are stored. A job the receiver leased to this
-process arrives by `handoff()` with no claim round-trip; anything else (a crash, another
-process's lease that expired, a retry that came due) is claimed from the table.
+`job.ready` went out when the webhook committed; the download runs into a shared `Transfer`
+that readers of the image link stream from while it arrives (`service.transfers`), and the
+job is marked `image_stored` once the bytes are in the store. A job the receiver leased to
+this process arrives by `handoff()` with no claim round-trip; anything else (a crash,
+another process's lease that expired, a retry that came due) is claimed from the table.
 """
 
 import asyncio
@@ -25,9 +27,11 @@ from service.guard import refusal
 from service.images import FetchTask, ImageStore, sniff_content_type
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
-from service.models import Job
+from service.models import Image, Job
 from service.schedule import backoff_s
 from service.signals import Signals
+from service.stores import StoreError
+from service.transfers import SNIFF_BYTES, Transfer, Transfers
 from service.views import Urls
 
 log = logging.getLogger(__name__)
@@ -54,15 +58,17 @@ class FetchRefused(FetchFailed):
 UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError)
 
 
-async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[bytes, str]:
-    """The image at `url`: bytes and content type. UrlExpired on 403/404, FetchFailed else."""
+async def download(http: httpx.AsyncClient, url: str, timeout_s: float, into: Transfer) -> str:
+    """Stream the image at `url` into `into`; its content type. UrlExpired on 403/404,
+    FetchFailed else (readers of `into` then see the error)."""
     try:
         async with http.stream("GET", url, timeout=timeout_s) as response:
             if response.status_code in EXPIRED_STATUSES:
                 raise UrlExpired(f"image URL answered {response.status_code}")
             if response.status_code != 200:
                 raise FetchFailed(f"image URL answered {response.status_code}")
-            data = await _read_limited(response)
+            into.length = _content_length(response)
+            await _read_limited(response, into)
     except FetchFailed:
         raise
     except Exception as exc:  # a transport error, or a URL httpx cannot send
@@ -71,20 +77,22 @@ async def download(http: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
         if isinstance(exc, UNSENDABLE):
             raise FetchRefused(f"image URL cannot be fetched: {failure_reason(exc)}") from exc
         raise FetchFailed(f"image download failed: {failure_reason(exc)}") from exc
-    content_type = sniff_content_type(data)
+    content_type = sniff_content_type(into.data()[:SNIFF_BYTES])
     if content_type is None:
         raise FetchFailed("the image URL did not return a JPEG, PNG or WebP image")
-    return data, content_type
+    return content_type
 
 
-async def _read_limited(response: httpx.Response) -> bytes:
-    chunks, size = [], 0
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+async def _read_limited(response: httpx.Response, into: Transfer) -> None:
     async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_IMAGE_BYTES:
+        if into.size + len(chunk) > MAX_IMAGE_BYTES:
             raise FetchFailed(f"image larger than {MAX_IMAGE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        into.add(chunk)
 
 
 class ImageFetcher(Loop):
@@ -102,12 +110,14 @@ class ImageFetcher(Loop):
         urls: Urls,
         metrics: Metrics,
         commits: GroupCommit,
+        transfers: Transfers | None = None,
         timeout_s: float = 30.0,
         concurrency: int = 16,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
         self.db, self.clock, self.http, self.bfl = db, clock, http, bfl
+        self.transfers = transfers or Transfers()  # shared with the image routes
         self.store, self.urls, self.metrics = store, urls, metrics
         self.timeout_s = timeout_s
         self.commits = commits
@@ -167,32 +177,49 @@ class ImageFetcher(Loop):
             await self._fetch(task)
 
     async def _fetch(self, task: FetchTask) -> None:
-        async with self._limit:
-            try:
-                data, content_type = await self._download(task)
-            except FetchFailed as exc:
-                self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
-                permanent = isinstance(exc, FetchRefused)
-                retry = functools.partial(self._retry_later, reason=str(exc), permanent=permanent)
-                await self.commits.submit((task.job_id, retry))
-                return
-            stored = functools.partial(self._store, data=data, content_type=content_type)
-            if await self.commits.submit((task.job_id, stored)):
-                self.metrics.images_stored.inc()
-                log.info("image stored (%d bytes, %s)", len(data), content_type)
+        # Begun before waiting for a download slot, so that readers wait on it, not on us.
+        transfer = self.transfers.begin(task.job_id)
+        try:
+            async with self._limit:
+                await self._fetch_into(task, transfer)
+        finally:
+            transfer.fail("the download was cut short")  # a no-op once it is complete
+            self.transfers.end(transfer)
+
+    async def _fetch_into(self, task: FetchTask, transfer: Transfer) -> None:
+        try:
+            content_type = await self._download(task, transfer)
+            transfer.finish()  # readers have every byte; the store may take a moment more
+            # The bytes are written first, outside any transaction; the row commits after.
+            image = await self.store.keep(
+                task.job_id, transfer.data(), content_type, self.clock.now()
+            )
+        except (FetchFailed, StoreError) as exc:
+            transfer.fail(str(exc))
+            await self._not_fetched(task, exc, str(exc))
+            return
+        if await self.commits.submit((task.job_id, functools.partial(self._store, image=image))):
+            self.metrics.images_stored.inc()
+            log.info("image stored (%d bytes, %s)", image.size, image.content_type)
 
     async def failed(self, task: FetchTask, exc: Exception) -> None:
         """The fetch broke in a way `download` does not expect: retried as any failed fetch."""
+        await self._not_fetched(task, exc, failure_reason(exc))
+
+    async def _not_fetched(self, task: FetchTask, exc: Exception, reason: str) -> None:
         self.metrics.image_fetch_failures.inc(reason=type(exc).__name__)
-        retry = functools.partial(self._retry_later, reason=failure_reason(exc))
+        if isinstance(exc, StoreError):
+            reason = f"IMAGE_STORE refused it: {reason}"
+        permanent = isinstance(exc, FetchRefused)
+        retry = functools.partial(self._retry_later, reason=reason, permanent=permanent)
         await self.commits.submit((task.job_id, retry))
 
-    async def _download(self, task: FetchTask) -> tuple[bytes, str]:
+    async def _download(self, task: FetchTask, into: Transfer) -> str:
         try:
-            return await download(self.http, task.sample_url, self.timeout_s)
-        except UrlExpired:
+            return await download(self.http, task.sample_url, self.timeout_s, into)
+        except UrlExpired:  # refused before any byte arrived: `into` is still empty
             fresh = await self._fresh_sample(task)
-            return await download(self.http, fresh, self.timeout_s)
+            return await download(self.http, fresh, self.timeout_s, into)
 
     async def _fresh_sample(self, task: FetchTask) -> str:
         """An expired URL: a new get_result signs a new one."""
@@ -204,14 +231,14 @@ class ImageFetcher(Loop):
             raise FetchFailed(f"BFL no longer reports the task Ready ({update.status})")
         return update.result["sample"]
 
-    async def _store(self, session, job, now, *, data: bytes, content_type: str) -> bool:
-        """Inside a group commit: keep the bytes, mark the job, announce `job.ready`."""
+    async def _store(self, session, job, now, *, image: Image) -> bool:
+        """Inside a group commit: point the job at the kept bytes (`job.ready` went out when
+        BFL's webhook committed; the link served the bytes while they arrived)."""
         if job is None or job.status != jobs.READY or job.image_stored:
             return False  # another process stored it first
-        await self.store.save(session, job.id, data, content_type, now)
-        job.image_stored, job.finished_at, job.updated_at = True, now, now
+        session.add(image)
+        job.image_stored, job.updated_at = True, now
         job.lease_expires_at = None
-        await record_job_event(session, self.signals, self.urls, job, jobs.EVENT_READY, now)
         return True
 
     async def _retry_later(self, session, job, now, *, reason: str, permanent=False) -> None:

@@ -14,6 +14,7 @@ from service.emulator import create_emulator_app
 from service.server import base_url, listening_socket
 from service.settings import Settings
 from tests.support.servers import running_server
+from tests.support.waiting import wait_for
 
 TEST_SECRET = "test-secret-key"
 
@@ -70,6 +71,27 @@ class Stack:
         with anyio.fail_after(timeout_s + 5):
             response = await self.client.get(f"/v1/get_result?id={job_id}&wait={timeout_s}")
         return response.json()
+
+    async def stored(self, job_id: str, timeout_s: float = 25.0) -> dict:
+        """The job (native view) once its image is in the store: it shows `Ready` earlier,
+        when its link already works by streaming the download."""
+
+        async def image_stored() -> dict | None:
+            job = (await self.client.get(f"/v1/jobs/{job_id}")).json()
+            return job if job["image_stored"] else None
+
+        await self.settled(job_id, timeout_s)
+        return await wait_for(image_stored, within_s=timeout_s)
+
+    async def reaches(self, job_id: str, status: str, timeout_s: float = 25.0) -> dict:
+        """The job (native view) once it shows `status` (a `Ready` can still end `Error`
+        when its image cannot be fetched)."""
+
+        async def shown() -> dict | None:
+            job = (await self.client.get(f"/v1/jobs/{job_id}")).json()
+            return job if job["status"] == status else None
+
+        return await wait_for(shown, within_s=timeout_s)
 
     def webhook(self, job_id: str) -> tuple[str, str]:
         """The BFL webhook URL fluxhook gave this job, and the secret BFL would echo."""
