@@ -205,14 +205,14 @@ def _error_for(response: httpx.Response, data: Any) -> BFLError:
     if status == 402:
         return BFLInsufficientCredits(message, status_code=status, detail=detail)
     if status == 429:
-        retry_after = _retry_after(response.headers.get("retry-after"))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         return BFLRateLimited(message, retry_after=retry_after, status_code=status, detail=detail)
     if status >= 500:
         return BFLServerError(message, status_code=status, detail=detail)
     return BFLRejected(message, status_code=status, detail=detail)
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After in seconds; None if absent or not a plain non-negative number."""
     if value is None or not value.isascii():
         return None

@@ -117,24 +117,15 @@ def test_durations(text, expected):
     assert duration(text) == expected
 
 
-def test_prune_now_from_the_command_line(sqlite_url, tmp_path):
+def _fluxhook(env: dict, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "service", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_prune_now_from_the_command_line(sqlite_url):
     env = {**os.environ, "DATABASE_URL": sqlite_url, "LOG_FORMAT": "text"}
-    ran = subprocess.run(
-        [sys.executable, "-m", "service", "prune", "--older-than", "0s"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    ran = _fluxhook(env, "prune", "--older-than", "0s")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("deleted 0 jobs, 0 events")
-    bad = subprocess.run(
-        [sys.executable, "-m", "service", "prune", "--older-than", "soon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = _fluxhook(env, "prune", "--older-than", "soon")
     assert bad.returncode == 2 and "not a duration" in bad.stderr

@@ -3,8 +3,12 @@
 import random
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from service import schedule
-from service.schedule import Attempt, decide_delivery
+from service.bfl import retry_after_seconds as bfl_retry_after
+from service.schedule import Attempt, decide_delivery, parse_retry_after
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 EXPECTED_GAPS_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -57,3 +61,11 @@ def test_upstream_backoff_grows_and_caps():
     rng = random.Random(3)
     delays = [schedule.backoff_s(n, base_s=1, cap_s=60, rng=rng) for n in range(1, 10)]
     assert delays[0] <= 1.2 and delays[-1] <= 72 and delays[3] > delays[0]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(value=st.one_of(st.text(max_size=40), st.from_regex(r"[0-9²٣ .e+-]{1,12}", fullmatch=True)))
+def test_any_retry_after_is_a_number_of_seconds_or_ignored(value):
+    """Whatever a subscriber or BFL sends as Retry-After, it never raises (`²` used to)."""
+    for parsed in (parse_retry_after(value, NOW), bfl_retry_after(value)):
+        assert parsed is None or parsed >= 0
