@@ -256,6 +256,8 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.1f}x" if value >= 1 else f"{value:.2f}x"
     if unit == "calls":
         return f"{value:.2f}"
+    if unit == "MB" and value < 10:  # a database file near empty: 0.2 MB, not 0
+        return f"{value:.2f}"
     if unit in ("/s", "MB"):
         return f"{value:.0f}"
     return f"{value:.1f}"
