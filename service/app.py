@@ -117,5 +117,8 @@ def create_app(settings: Settings | None = None, **runtime_options) -> Starlette
 
 def _emulator():
     from service.emulator import create_emulator_app
+    from service.emulator.config import EmulatorConfig
 
-    return create_emulator_app()
+    # Progress on, so `make run` shows the progress bar; the emulator's own default stays off
+    # (tests that count events rely on it).
+    return create_emulator_app(EmulatorConfig(progress_events=True))

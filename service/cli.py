@@ -7,8 +7,11 @@ deliveries, redeliver. Errors go to stderr with a non-zero exit code.
 
 import argparse
 import contextlib
+import errno
+import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +21,12 @@ import anyio
 from service.cli_maintenance import MAINTENANCE_VERBS, add_maintenance_verbs
 from service.settings import Settings, SettingsError
 
+log = logging.getLogger("fluxhook")
+
+
+class NotMigrated(Exception):
+    """The database's schema is not the one this fluxhook expects (exit 2)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxhook", description="Push, not polling, for BFL.")
@@ -26,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("worker", help="run only the background loops")
     verbs.add_parser("migrate", help="upgrade the database schema to the latest migration")
     emulator = verbs.add_parser("emulator", help="run the local BFL emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=9100)
+    emulator.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    emulator.add_argument(
+        "--port", type=_port, default=9100, help="port to listen on (default: %(default)s)"
+    )
     add_key_verbs(verbs)
     from service.client_cli import add_client_verbs
 
@@ -45,6 +58,49 @@ def add_key_verbs(verbs) -> None:
     revoke.add_argument("id", help="the key's id, as `keys list` shows it")
 
 
+def _port(value: str) -> int:
+    """argparse type: a TCP port one can listen on."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, not {value!r}")
+    return int(value)
+
+
+def _listen(host: str, port: int, host_name: str = "HOST", port_name: str = "PORT"):
+    """A listening socket, or a one-line error naming the setting at fault."""
+    from service.server import listening_socket
+
+    try:
+        return listening_socket(host, port)
+    except socket.gaierror as exc:
+        raise SettingsError(f"{host_name}: cannot listen on {host!r} ({exc.strerror})") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(f"{port_name}: port {port} is already in use") from None
+        if exc.errno == errno.EACCES:
+            raise SettingsError(f"{port_name}: not allowed to listen on port {port}") from None
+        where = f"{host_name}/{port_name}: cannot listen on {host}:{port}"
+        raise SettingsError(f"{where} ({exc.strerror})") from None
+
+
+def _require_schema(settings: Settings) -> None:
+    """Refuse to start on a database `fluxhook migrate` has not brought to this version."""
+
+    async def check() -> None:
+        async with _open_database(settings, NotMigrated):
+            pass
+
+    anyio.run(check)
+
+
+def _announce(settings: Settings, message: str, **fields) -> None:
+    """A line for whoever started fluxhook: plain in a terminal, a JSON object like every
+    other stdout line when LOG_FORMAT=json."""
+    if settings.log_format == "json":
+        log.info(message, extra={"fields": fields})
+    else:
+        print(message, flush=True)
+
+
 async def _until_signal() -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for _ in received:
@@ -54,26 +110,55 @@ async def _until_signal() -> None:
 def run_serve(_args) -> int:
     from service import logs
     from service.app import create_app
-    from service.server import listening_socket, serve
+    from service.server import serve
 
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
+    _require_schema(settings)
+    sock = _listen(settings.host, settings.port)
     dev_key = anyio.run(_dev_key, settings) if settings.emulator_mode else None
     app = create_app(settings)
-    sock = listening_socket(os.environ.get("HOST", "0.0.0.0"), settings.port)  # noqa: S104 - a PaaS routes to $PORT
-    print(f"fluxhook on {settings.public_url}", flush=True)
+    _announce(settings, f"fluxhook on {settings.public_url}", url=settings.public_url)
     if dev_key:
-        print(f"emulator mode (no BFL_API_KEY): BFL is emulated at {settings.bfl_api_url}")
-        print(f"dev API key: {dev_key}", flush=True)
+        emulated = f"emulator mode (no BFL_API_KEY): BFL is emulated at {settings.bfl_api_url}"
+        _announce(settings, emulated, bfl_api_url=settings.bfl_api_url)
+        _announce(settings, f"dev API key: {dev_key}", dev_api_key=dev_key)
+    drained = Drained()
 
     async def shutdown_trigger() -> None:
         await _until_signal()
-        services = getattr(app.state, "services", None)
-        if services is not None:
-            services.begin_shutdown()
+        drained.begin(getattr(app.state, "services", None))
 
     anyio.run(serve, app, sock, shutdown_trigger)
+    drained.report()
     return 0
+
+
+class Drained:
+    """What a signal-triggered shutdown drained and how long it took, for one log line."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.streams = self.loops = 0
+
+    def begin(self, services) -> None:
+        self.started = time.monotonic()
+        if services is not None:
+            self.streams, self.loops = services.hub.listener_count, len(services.loops)
+            services.begin_shutdown()
+
+    def report(self) -> None:
+        if self.started is None:
+            return
+        took_s = round(time.monotonic() - self.started, 2)
+        log.info(
+            "shut down in %.2f s: closed %d live streams, stopped %d loops "
+            "(in-flight work finished or its leases released)",
+            took_s,
+            self.streams,
+            self.loops,
+            extra={"fields": {"took_s": took_s, "streams": self.streams, "loops": self.loops}},
+        )
 
 
 async def _dev_key(settings: Settings) -> str:
@@ -94,10 +179,11 @@ def run_worker(_args) -> int:
 
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
+    _require_schema(settings)
 
     async def work() -> None:
         async with running(settings, run_workers=True):
-            print("fluxhook worker running", flush=True)
+            _announce(settings, "fluxhook worker running")
             await _until_signal()
 
     anyio.run(work)
@@ -124,17 +210,26 @@ def run_keys(args) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _open_database(settings: Settings) -> AsyncIterator:
-    """The database, once its schema is the one this fluxhook expects (else a clear error)."""
+async def _open_database(settings: Settings, error: type[Exception] | None = None) -> AsyncIterator:
+    """The database, once its schema is the one this fluxhook expects (else a clear `error`)."""
+    from sqlalchemy.exc import OperationalError
+
     from service.api.auth import KeyRequestError
     from service.db import Database, create_engine
     from service.migrations import current_revision, head_revision
 
+    error = error or KeyRequestError
     db = Database(create_engine(settings))
     try:
-        if (revision := await current_revision(db)) != head_revision():
+        try:
+            revision = await current_revision(db)
+        except OperationalError as exc:
+            raise SettingsError(f"DATABASE_URL: cannot open the database ({exc.orig})") from None
+        if revision is None:
+            raise error("the database has no schema yet: run `fluxhook migrate` first")
+        if revision != head_revision():
             expected = f"this fluxhook expects {head_revision()}: run `fluxhook migrate` first"
-            raise KeyRequestError(f"the database is at migration {revision}; {expected}")
+            raise error(f"the database is at migration {revision}; {expected}")
         yield db
     finally:
         await db.dispose()
@@ -200,9 +295,9 @@ async def _revoke_key(args, settings: Settings) -> int:
 
 def run_emulator(args: argparse.Namespace) -> int:
     from service.emulator import create_emulator_app
-    from service.server import listening_socket, serve
+    from service.server import serve
 
-    sock = listening_socket(args.host, args.port)
+    sock = _listen(args.host, args.port, "--host", "--port")
     print(f"BFL emulator on http://{args.host}:{args.port}", flush=True)
     anyio.run(serve, create_emulator_app(), sock, _until_signal)
     return 0
@@ -222,15 +317,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.client_cli import CLIENT_VERBS, ClientError
 
+    verb = CLIENT_VERBS.get(args.verb) or SERVER_VERBS[args.verb]
     try:
-        if args.verb in CLIENT_VERBS:
-            return CLIENT_VERBS[args.verb](args)
-        return SERVER_VERBS[args.verb](args)
-    except (SettingsError, ClientError) as exc:
+        code = verb(args)
+        sys.stdout.flush()  # so a closed pipe raises here, not in Python's exit
+        return code
+    except (SettingsError, ClientError, NotMigrated) as exc:
         print(f"fluxhook: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """`fluxhook deliveries | head`: the reader closed the pipe; stop quietly, as Unix tools do."""
+    # Python flushes stdout once more at exit, which would raise again: point it at devnull.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ or configuration; 3 fluxhook refused the request or could not be reached.
 """
 
 import argparse
+import difflib
 import json
 import os
 import sys
 from pathlib import Path
 
 import httpx
+
+from service import catalog
 
 TERMINAL_EVENTS = {"job.ready", "job.failed", "job.moderated"}
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
@@ -29,23 +32,31 @@ def add_client_verbs(verbs) -> None:
     common.add_argument("--url", help="fluxhook's base URL (default: $FLUXHOOK_URL)")
     common.add_argument("--key", help="API key (default: $FLUXHOOK_KEY)")
     submit = verbs.add_parser("submit", parents=[common], help="submit a prompt")
-    submit.add_argument("prompt")
-    submit.add_argument("--model", default="flux-dev")
-    submit.add_argument("--width", type=int)
-    submit.add_argument("--height", type=int)
-    submit.add_argument("--aspect-ratio")
-    submit.add_argument("--seed", type=int)
+    submit.add_argument("prompt", help="what to draw")
+    submit.add_argument(
+        "--model",
+        default="flux-dev",
+        help="a model from GET /v1/models (default: %(default)s)",
+    )
+    submit.add_argument("--width", type=int, help="pixels, a multiple of 32 (default: the model's)")
+    submit.add_argument(
+        "--height", type=int, help="pixels, a multiple of 32 (default: the model's)"
+    )
+    submit.add_argument(
+        "--aspect-ratio", help="e.g. 16:9, for models sized by ratio (ultra, kontext)"
+    )
+    submit.add_argument("--seed", type=int, help="for a reproducible image (default: random)")
     submit.add_argument(
         "--wait", action="store_true", help="follow the job live and save the image"
     )
     submit.add_argument("--out", type=Path, help="where --wait saves the image")
     jobs = verbs.add_parser("jobs", parents=[common], help="list recent jobs")
-    jobs.add_argument("--status")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--status", help="only jobs in this status, e.g. Ready")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default: %(default)s)")
     deliveries = verbs.add_parser("deliveries", parents=[common], help="list callback deliveries")
     deliveries.add_argument("--failed", action="store_true", help="only dead letters")
     redeliver = verbs.add_parser("redeliver", parents=[common], help="send a delivery again")
-    redeliver.add_argument("id")
+    redeliver.add_argument("id", help="the delivery's id, as `fluxhook deliveries` shows it")
 
 
 def _client(args) -> httpx.Client:
@@ -64,7 +75,18 @@ def _checked(response: httpx.Response) -> httpx.Response:
         detail = response.json().get("detail")
     except ValueError:
         detail = response.text[:200]
+    if isinstance(detail, list):  # a 422: one line per invalid field
+        lines = "".join(f"\n{_validation_error(error)}" for error in detail)
+        raise RequestFailed(f"fluxhook answered {response.status_code}, invalid input:{lines}")
     raise RequestFailed(f"fluxhook answered {response.status_code}: {detail}")
+
+
+def _validation_error(error) -> str:
+    """`width: Input should be a multiple of 32`, from a FastAPI-shaped `detail` item."""
+    if not isinstance(error, dict):
+        return str(error)
+    where = ".".join(str(part) for part in error.get("loc", []) if part != "body") or "body"
+    return f"{where}: {error.get('msg', error)}"
 
 
 def _request(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
@@ -74,11 +96,35 @@ def _request(client: httpx.Client, method: str, path: str, **kwargs) -> httpx.Re
         raise RequestFailed(f"could not reach fluxhook at {client.base_url}: {exc}") from exc
 
 
-def submit(args) -> int:
+def _inputs(args) -> dict:
+    """The submit body, refusing (like the API) what the model does not know or take."""
+    spec = catalog.get_model(args.model)
+    if spec is None:
+        close = difflib.get_close_matches(args.model, catalog.MODELS, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see GET /v1/models"
+        raise ClientError(f"unknown model {args.model!r}; {hint}")
     inputs = {"prompt": args.prompt}
     for name in ("width", "height", "aspect_ratio", "seed"):
-        if getattr(args, name) is not None:
-            inputs[name] = getattr(args, name)
+        if getattr(args, name) is None:
+            continue
+        if name not in spec.inputs.model_fields:
+            option = "--" + name.replace("_", "-")
+            raise ClientError(f"{args.model} does not take {option}{_takes_instead(spec)}")
+        inputs[name] = getattr(args, name)
+    return inputs
+
+
+def _takes_instead(spec: catalog.ModelSpec) -> str:
+    fields = spec.inputs.model_fields
+    if "aspect_ratio" in fields:
+        return " (it is sized by --aspect-ratio)"
+    if "width" in fields:
+        return " (it is sized by --width and --height)"
+    return ""
+
+
+def submit(args) -> int:
+    inputs = _inputs(args)
     with _client(args) as client:
         job = _request(client, "POST", f"/v1/{args.model}", json=inputs).json()
         print(job["id"], flush=True)
@@ -140,6 +186,7 @@ def jobs(args) -> int:
     params = {"limit": args.limit} | ({"status": args.status} if args.status else {})
     with _client(args) as client:
         rows = _request(client, "GET", "/v1/jobs", params=params).json()["jobs"]
+    print(f"{'ID':<36}  {'MODEL':<22} {'STATUS':<18} CREATED")
     for job in rows:
         print(f"{job['id']}  {job['model']:<22} {job['status']:<18} {job['created_at']}")
     return 0
@@ -149,6 +196,9 @@ def deliveries(args) -> int:
     params = {"status": "failed"} if args.failed else {}
     with _client(args) as client:
         rows = _request(client, "GET", "/v1/deliveries", params=params).json()["deliveries"]
+    if not rows:
+        # On stderr: a script reading stdout sees no rows, a person sees why.
+        print("no failed deliveries" if args.failed else "no deliveries yet", file=sys.stderr)
     for d in rows:
         code = d["last_status_code"] or "-"
         print(

@@ -17,6 +17,13 @@ job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", de
 TOKEN_PATHS = re.compile(r"^/(webhooks/bfl|images)/[^/]+")
 access_log = logging.getLogger("fluxhook.access")
 QUIET_LIBRARIES = ("sqlalchemy", "aiosqlite", "psycopg", "httpx", "httpcore", "hpack", "PIL")
+# What alembic says each time a migration context opens, which /readyz does on every call.
+# Its other INFO lines (`Running upgrade …`) still show during `fluxhook migrate`.
+ALEMBIC_PREAMBLE = ("Context impl ", "Will assume ")
+
+
+def _not_alembic_preamble(record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith(ALEMBIC_PREAMBLE))
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,6 +67,9 @@ def configure(log_format: str, level: str = "INFO", stream=None) -> None:
     # secrets and signed tokens) stay at WARNING whatever LOG_LEVEL says.
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    alembic = logging.getLogger("alembic.runtime.migration")
+    if _not_alembic_preamble not in alembic.filters:
+        alembic.addFilter(_not_alembic_preamble)
 
 
 @contextlib.contextmanager

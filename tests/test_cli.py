@@ -1,5 +1,6 @@
 """The `fluxhook` command: server verbs and client verbs, their output and exit codes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import anyio
 import httpx
 import pytest
 
+from service.server import base_url, listening_socket
 from tests.support.processes import Process, cleanup, cli, fluxhook_env, free_port
 from tests.support.stack import running_emulator, running_stack
 from tests.support.subscriber import running_subscriber
@@ -133,3 +135,123 @@ def test_bad_configuration_is_refused_with_a_message(verb):
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2
     assert "DATABASE_URL" in done.stderr
+
+
+def _run(verb: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service", verb, *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", ["serve", "worker"])
+@pytest.mark.parametrize("emulated", [True, False])
+def test_an_unmigrated_database_is_refused_with_one_line(verb, emulated, tmp_path):
+    env = fluxhook_env(f"sqlite+aiosqlite:///{tmp_path / 'new.db'}", "http://127.0.0.1:9",
+                       free_port())  # fmt: skip
+    if emulated:
+        del env["BFL_API_KEY"], env["BFL_API_URL"]
+    done = _run(verb, env)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "fluxhook: the database has no schema yet: run `fluxhook migrate` first"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "70000"), ("HOST", "999.1.1.1"), ("PUBLIC_URL", "notaurl")],
+)
+def test_bad_listening_settings_name_the_variable(name, value, sqlite_url):
+    env = {**fluxhook_env(sqlite_url, "http://127.0.0.1:9", free_port()), name: value}
+    done = _run("serve", env)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"fluxhook: {name} ")
+
+
+def test_a_port_in_use_is_refused_naming_port(sqlite_url):
+    taken = listening_socket()
+    port = int(base_url(taken).rsplit(":", 1)[1])
+    try:
+        done = _run("serve", fluxhook_env(sqlite_url, "http://127.0.0.1:9", port))
+        emulator = _run("emulator", dict(os.environ), "--port", str(port))
+    finally:
+        taken.close()
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"fluxhook: PORT: port {port} is already in use"]
+    assert emulator.returncode == 2
+    assert emulator.stderr.splitlines() == [f"fluxhook: --port: port {port} is already in use"]
+
+
+async def test_json_logs_put_the_banner_in_json_and_sigterm_in_one_line(sqlite_url, tmp_path):
+    env = fluxhook_env(sqlite_url, "", free_port())
+    del env["BFL_API_KEY"], env["BFL_API_URL"]  # emulator mode: a dev key line too
+    process = Process(env, tmp_path / "serve.log")
+    with cleanup(process):
+        await process.ready()
+        assert await anyio.to_thread.run_sync(process.terminate, 30) == 0
+    records = [json.loads(line) for line in process.logs().splitlines()]  # all JSON
+    messages = [record["msg"] for record in records]
+    assert f"fluxhook on {env['PUBLIC_URL']}" in messages
+    (dev_key,) = [record for record in records if "dev_api_key" in record]
+    assert dev_key["dev_api_key"].startswith("fh_")
+    (shutdown,) = [record for record in records if record["msg"].startswith("shut down in")]
+    assert shutdown["took_s"] < 30 and shutdown["loops"] >= 4
+
+
+async def test_submit_errors_say_what_is_wrong(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        env = _client_env(stack)
+        invalid = await run_cli("submit", "x", "--width", "1000", env=env)
+        assert invalid.returncode == 3
+        assert "width: Input should be a multiple of 32" in invalid.stderr.decode().splitlines()
+        unknown = await run_cli("submit", "x", "--model", "flux-pro-1.1-ultr", env=env)
+        assert unknown.returncode == 2
+        assert "unknown model 'flux-pro-1.1-ultr'" in unknown.stderr.decode()
+        assert "flux-pro-1.1-ultra" in unknown.stderr.decode().split("did you mean")[1]
+        sized = await run_cli("submit", "x", "--model", "flux-pro-1.1-ultra", "--width", "1024",
+                              env=env)  # fmt: skip
+        assert sized.returncode == 2
+        assert "flux-pro-1.1-ultra does not take --width" in sized.stderr.decode()
+        assert (await stack.client.get("/v1/jobs")).json()["jobs"] == [], "nothing submitted"
+
+
+async def test_listings_have_a_header_or_say_they_are_empty(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        jobs = await run_cli("jobs", env=_client_env(stack))
+        assert jobs.stdout.decode().split() == ["ID", "MODEL", "STATUS", "CREATED"]
+        none = await run_cli("deliveries", env=_client_env(stack))
+        assert none.returncode == 0 and none.stdout == b""
+        assert none.stderr.decode().strip() == "no deliveries yet"
+
+
+async def test_a_closed_pipe_ends_quietly(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # like `| head` that has already exited
+        command = [sys.executable, "-m", "service", "jobs"]
+        env = {**os.environ, **_client_env(stack)}
+        try:
+            done = await anyio.run_process(command, env=env, stdout=write_end, check=False)
+        finally:
+            os.close(write_end)
+        assert done.stderr == b"" and done.returncode == 141
+
+
+def test_help_describes_the_options_and_their_defaults():
+    env = {**os.environ, "COLUMNS": "200"}  # argparse wraps help to the terminal's width
+    submit = subprocess.run([sys.executable, "-m", "service", "submit", "--help"], env=env,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for text in ("--model", "default: flux-dev", "multiple of 32", "--aspect-ratio"):
+        assert text in submit
+    emulator = subprocess.run([sys.executable, "-m", "service", "emulator", "--help"], env=env,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "default: 9100" in emulator

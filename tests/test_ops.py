@@ -10,6 +10,9 @@ import httpx
 
 from service import logs
 from service.app import create_app
+from service.emulator.config import EmulatorConfig
+from service.server import base_url, listening_socket
+from service.settings import Settings
 from tests.support.servers import running_server
 from tests.support.sse import open_stream
 from tests.support.stack import TEST_SECRET, running_emulator, running_stack, stack_settings
@@ -144,3 +147,32 @@ async def test_request_ids_are_echoed(sqlite_url):
         assert mine.headers["x-request-id"] == "abc-123"
         fresh = await stack.client.get("/healthz", headers={"x-request-id": "bad id!"})
         assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["x-request-id"])
+
+
+async def test_readiness_checks_log_no_alembic_lines(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        stream = _capture()
+        try:
+            for _ in range(3):
+                assert (await stack.client.get("/readyz")).status_code == 200
+        finally:
+            logging.getLogger().handlers.clear()
+    loggers = [json.loads(line)["logger"] for line in stream.getvalue().splitlines()]
+    assert not [name for name in loggers if name.startswith("alembic")], loggers
+
+
+async def test_the_embedded_emulator_reports_progress(sqlite_url):
+    # `make run` (emulator mode) should show progress; the standalone emulator keeps it off.
+    sock = listening_socket()
+    base = base_url(sock)
+    settings = Settings.from_env({"DATABASE_URL": sqlite_url,
+                                  "PUBLIC_URL": base, "SECRET_KEY": TEST_SECRET})  # fmt: skip
+    assert settings.emulator_mode
+    app = create_app(settings, run_workers=False)
+    async with running_server(app, sock), httpx.AsyncClient() as http:
+        config = (await http.get(f"{base}/emulator/_emulator/config")).json()
+    assert config["progress_events"] is True
+    assert EmulatorConfig().progress_events is False

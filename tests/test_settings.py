@@ -55,8 +55,18 @@ def test_a_real_deployment():
     ("name", "value"),
     [("DATABASE_URL", "mysql://x"), ("DATABASE_URL", "nonsense"), ("PORT", "eighty"),
      ("RUN_WORKERS", "maybe"), ("LOG_FORMAT", "xml"), ("IMAGE_STORE", "s3"),
-     ("BFL_MAX_ACTIVE", "-1"), ("LOG_LEVEL", "LOUD"), ("DELIVERY_CONCURRENCY", "0")],
+     ("BFL_MAX_ACTIVE", "-1"), ("LOG_LEVEL", "LOUD"), ("DELIVERY_CONCURRENCY", "0"),
+     ("PORT", "70000"), ("PORT", "0"), ("HOST", "999.1.1.1"), ("HOST", "bad host"),
+     ("PUBLIC_URL", "notaurl"), ("PUBLIC_URL", "ftp://example.com")],
 )  # fmt: skip
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_hosts_and_public_urls_that_are_fine():
+    env = {"HOST": "::", "PUBLIC_URL": "https://fluxhook.example.com:8443/base/"}
+    settings = Settings.from_env(env)
+    assert settings.host == "::" and settings.public_url == "https://fluxhook.example.com:8443/base"
+    assert Settings.from_env({"HOST": "localhost"}).host == "localhost"
+    assert Settings.from_env({}).host == "0.0.0.0"  # noqa: S104 - the default, checked

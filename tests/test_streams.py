@@ -60,6 +60,7 @@ async def test_a_job_stream_replays_the_jobs_history(sqlite_url):
         await stack.settled(job["id"])
         async with open_stream(stack.client, f"/v1/jobs/{job['id']}/events") as stream:
             history = await stream.take(2)
+            assert await stream.ended(), "a finished job's stream closes"
         assert [m.event for m in history] == ["job.submitted", "job.ready"]
         bad = await stack.client.get("/v1/events", headers={"last-event-id": "x"})
         assert bad.status_code == 422
@@ -93,3 +94,18 @@ async def test_a_stream_that_falls_behind_resyncs_from_the_table_instead_of_grow
         assert await listener.next(0.01) is None, "another tenant's event"
         hub.close()
         assert await listener.next(1) is CLOSED
+
+
+async def test_a_job_stream_closes_after_the_live_terminal_event(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        job = await stack.submit(**SMALL)
+        async with open_stream(stack.client, f"/v1/jobs/{job['id']}/events") as stream:
+            assert (await stream.take(1))[0].event == "job.submitted"
+            (task,) = await emulator.tasks()
+            await emulator.finish(task["id"])
+            (ready,) = await stream.take(1)
+            assert ready.event == "job.ready"
+            assert await stream.ended()

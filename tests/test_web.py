@@ -15,6 +15,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from service import catalog
 from tests.support.stack import Stack, running_emulator, running_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -136,6 +137,10 @@ async def test_a_moderated_prompt_shows_the_reason(browser, sqlite_url):
         row = page.locator("#jobs .job", has_text="a cat [content-moderated]")
         await expect(row.locator(".badge")).to_have_text("Content Moderated", timeout=WAIT_MS)
         await expect(row.locator(".job-reason")).to_contain_text("Moderation Reasons")
+        await page.set_viewport_size({"width": 360, "height": 800})  # a phone
+        badge = await row.locator(".badge").bounding_box()
+        when = await row.locator(".job-time").bounding_box()
+        assert abs(badge["y"] - when["y"]) < badge["height"], "the time stays on the badge's line"
         await expect(page.locator("#gallery img")).to_have_count(0)
 
 
@@ -156,8 +161,11 @@ async def test_validation_errors_show_next_to_the_form(browser, sqlite_url):
         await page.get_by_label("Model").select_option("flux-kontext-pro")
         await expect(page.get_by_label("Aspect ratio")).to_be_visible()
         await expect(page.get_by_label("Width", exact=True)).to_be_hidden()
-        await generate(page, "", model="flux-kontext-pro")
-        await expect(errors).to_contain_text("prompt: Field required")
+        await generate(page, "  ", model="flux-kontext-pro")
+        unsent = page.get_by_role("alert").filter(has_text="Nothing was sent")
+        await expect(unsent).to_contain_text("prompt: write what the image should show")
+        await expect(page.get_by_label("Prompt")).to_have_attribute("aria-invalid", "true")
+        await expect(page.get_by_label("Prompt")).to_be_focused()
         assert (await stack.client.get("/v1/jobs")).json()["jobs"] == []
 
 
@@ -262,10 +270,22 @@ async def test_models_lists_what_a_prompt_form_can_submit(sqlite_url):
         response = await stack.client.get("/v1/models")
     assert response.status_code == 200
     models = {model["name"]: model for model in response.json()["models"]}
-    for needs_an_image in ("flux-pro-1.0-fill", "flux-pro-1.0-expand", "flux-tools/erase-v1",
-                           "flux-pro-1.0-canny", "flux-2-flex-outpainting", "flux-tools/vto-v1",
-                           "flux-pro-1.1-ultra-finetuned"):  # fmt: skip
-        assert needs_an_image not in models
+    assert set(models) == set(catalog.MODELS), "every model is listed"
+    needs_an_image = (
+        "flux-pro-1.0-fill",
+        "flux-pro-1.0-expand",
+        "flux-tools/erase-v1",
+        "flux-pro-1.0-canny",
+        "flux-2-flex-outpainting",
+        "flux-tools/vto-v1",
+    )
+    for name in needs_an_image:
+        assert models[name]["kind"] == "image-to-image", name
+    assert models["flux-tools/erase-v1"]["needs"] == "image, mask"
+    assert "control_image" in models["flux-pro-1.0-canny"]["needs"]
+    finetuned = models["flux-pro-1.1-ultra-finetuned"]
+    assert finetuned["kind"] == "finetuned" and finetuned["needs"] == "finetune_id"
+    assert models["flux-dev"]["kind"] == "text-to-image" and models["flux-dev"]["needs"] is None
     dev = models["flux-dev"]
     assert dev["size"] == "dimensions"
     assert dev["width"] == {
@@ -279,3 +299,22 @@ async def test_models_lists_what_a_prompt_form_can_submit(sqlite_url):
     assert ultra["aspect_ratio"]["default"] == "16:9"
     assert {"21:9", "1:1", "9:21"} <= set(ultra["aspect_ratio"]["choices"])
     assert models["flux-kontext-pro"]["aspect_ratio"]["optional"] is True
+
+
+@pytest.mark.browser
+async def test_the_job_list_shows_a_page_then_more(browser, sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        for n in range(25):
+            await stack.submit("flux-dev", prompt=f"job {n}", width=256, height=256)
+        async with open_page(browser, stack) as page:
+            rows = page.locator("#jobs .job")
+            await expect(rows).to_have_count(25)
+            await expect(page.locator("#jobs .job:visible")).to_have_count(20)
+            await expect(rows.first).to_contain_text("job 24")  # newest first
+            more = page.get_by_role("button", name="Show more (5 older)")
+            await more.click()
+            await expect(page.locator("#jobs .job:visible")).to_have_count(25)
+            await expect(more).to_be_hidden()

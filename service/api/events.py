@@ -4,8 +4,8 @@ Each message's `id:` is the event's `job_events` sequence number. A client that 
 `Last-Event-ID` (header, or `?last_event_id=` for EventSource-less clients) first gets what it
 missed, read from the table, then the live stream; every event exactly once, in order.
 `/v1/events` without an id starts from now; a job's stream without one replays the job's
-whole history. A comment every 15 s (SSE_HEARTBEAT_S) keeps PaaS routers from closing an
-idle stream.
+whole history, and ends after the job's terminal event. A comment every 15 s
+(SSE_HEARTBEAT_S) keeps PaaS routers from closing an idle stream.
 """
 
 import re
@@ -20,6 +20,7 @@ from service.api.auth import authenticate
 from service.api.http import error, services
 from service.api.jobs import tenant_job
 from service.hub import CLOSED, RESYNC, StreamEvent
+from service.jobs import TERMINAL_EVENTS
 from service.models import JobEvent
 
 REPLAY_BATCH = 500
@@ -76,20 +77,33 @@ async def _events(svc, tenant_id, job_id, last: int) -> AsyncIterator[str]:
         try:
             yield ": connected\n\n"
             while True:
-                async for event in _replay(svc, tenant_id, job_id, last):
-                    last = event.seq
-                    yield format_event(event)
-                async for chunk, seq in _live(listener, last, svc.settings.sse_heartbeat_s):
-                    last = seq or last
+                replayed = None
+                async for replayed in _replay(svc, tenant_id, job_id, last):
+                    last = replayed.seq
+                    yield format_event(replayed)
+                if _ends(job_id, replayed):  # the whole history first: a Ready can end Error
+                    return
+                async for chunk, event in _live(listener, last, svc.settings.sse_heartbeat_s):
+                    last = event.seq if event else last
                     yield chunk
+                    if _ends(job_id, event):
+                        return
                 if svc.hub.closed:
                     return
         finally:
             svc.metrics.sse_clients.inc(-1)
 
 
-async def _live(listener, last: int, heartbeat_s: float) -> AsyncIterator[tuple[str, int | None]]:
-    """Live events after `last`, heartbeats when idle; stops to resync or at shutdown."""
+def _ends(job_id, event: StreamEvent | None) -> bool:
+    """A job's stream ends with the job's terminal event. (The one exception to "nothing
+    follows": a `job.ready` whose image BFL never delivers is followed, up to 15 minutes
+    later, by `job.failed`, which `/v1/events` and callbacks carry.)"""
+    return job_id is not None and event is not None and event.type in TERMINAL_EVENTS
+
+
+async def _live(listener, last: int, heartbeat_s: float) -> AsyncIterator[tuple[str, object]]:
+    """Live events after `last` (with the event), heartbeats when idle (with None); stops to
+    resync or at shutdown."""
     while True:
         item = await listener.next(heartbeat_s)
         if item is None:
@@ -98,7 +112,7 @@ async def _live(listener, last: int, heartbeat_s: float) -> AsyncIterator[tuple[
             return
         elif item.seq > last:
             last = item.seq
-            yield format_event(item), item.seq
+            yield format_event(item), item
 
 
 async def _replay(svc, tenant_id, job_id, after: int) -> AsyncIterator[StreamEvent]:

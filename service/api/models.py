@@ -1,8 +1,9 @@
-"""`GET /v1/models`: the text-to-image models a prompt form can offer, read from the catalog.
+"""`GET /v1/models`: every model of the catalog, with its kind and what it requires.
 
 Everything here is derived from each model's pydantic input schema, so the web page never keeps
-its own copy of the catalog. A model is offered when a body of just a prompt validates: the ones
-that need an input image, a mask or a finetune (fill, expand, erase, canny, ...) are left out.
+its own copy of the catalog. A model is `text-to-image` when a body of just a prompt validates
+(what a prompt form can offer); the others say in `needs` what else they require: an input
+image or a mask (`image-to-image`), or a finetune (`finetuned`).
 """
 
 import functools
@@ -19,12 +20,31 @@ COMMON_RATIOS = ("21:9", "16:9", "3:2", "4:3", "1:1", "3:4", "2:3", "9:16", "9:2
 PROBE = {"prompt": "a probe"}
 
 
-def _accepts(spec: catalog.ModelSpec, **fields) -> bool:
+def _probe_errors(spec: catalog.ModelSpec, **fields) -> list[dict]:
     try:
         spec.inputs.model_validate(PROBE | fields)
-    except ValidationError:
-        return False
-    return True
+    except ValidationError as exc:
+        return exc.errors()
+    return []
+
+
+def _accepts(spec: catalog.ModelSpec, **fields) -> bool:
+    return not _probe_errors(spec, **fields)
+
+
+def _needs(spec: catalog.ModelSpec) -> str | None:
+    """Why a prompt alone is not enough, e.g. `image, mask`, or the model's own rule."""
+    errors = _probe_errors(spec)
+    fields = [".".join(map(str, error["loc"])) for error in errors if error["loc"]]
+    rules = [error["msg"].removeprefix("Value error, ") for error in errors if not error["loc"]]
+    return "; ".join(filter(None, [", ".join(fields), *rules])) or None
+
+
+def _kind(spec: catalog.ModelSpec) -> str:
+    if _accepts(spec):
+        return "text-to-image"
+    finetune = any(error["loc"] == ("finetune_id",) for error in _probe_errors(spec))
+    return "finetuned" if finetune else "image-to-image"
 
 
 def _variants(field: dict) -> tuple[dict, bool]:
@@ -59,6 +79,8 @@ def describe(spec: catalog.ModelSpec) -> dict:
     takes_size = "width" in fields and "height" in fields
     return {
         "name": spec.name,
+        "kind": _kind(spec),
+        "needs": _needs(spec),
         "prompt_required": "prompt" in schema.get("required", []),
         "size": "dimensions"
         if takes_size
@@ -77,7 +99,7 @@ def describe(spec: catalog.ModelSpec) -> dict:
 @functools.cache
 def offered() -> tuple[dict, ...]:
     """Built once: the catalog does not change while the process runs."""
-    return tuple(describe(spec) for spec in catalog.MODELS.values() if _accepts(spec))
+    return tuple(describe(spec) for spec in catalog.MODELS.values())
 
 
 async def list_models(request: Request) -> JSONResponse:

@@ -227,6 +227,11 @@ def _model() -> dict:
     example = describe(catalog.MODELS["flux-dev"])
     return obj(
         name={"type": "string"},
+        kind={
+            "enum": ["text-to-image", "image-to-image", "finetuned"],
+            "description": "text-to-image: a prompt alone is a valid request",
+        },
+        needs=nullable("string") | {"description": "what a request needs besides a prompt"},
         prompt_required={"type": "boolean"},
         size={"enum": ["dimensions", "aspect_ratio", None]},
         width=bounds,
@@ -406,7 +411,7 @@ def _native(table: PathTable) -> None:
         ok={"200": SSE}, fails=("403", "422"), params=LAST_EVENT_ID,
     )  # fmt: skip
     table.add(
-        "get", "/v1/models", "list_models", "The models that take a prompt alone", JOBS,
+        "get", "/v1/models", "list_models", "Every model, with its kind and required fields", JOBS,
         ok="ModelList", fails=("403",),
     )  # fmt: skip
 

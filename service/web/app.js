@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 
 const board = new JobBoard({
   list: $("jobs"),
+  more: $("jobs-more"),
   listEmpty: $("jobs-empty"),
   gallery: $("gallery"),
   galleryEmpty: $("gallery-empty"),

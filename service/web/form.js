@@ -69,7 +69,9 @@ export class GenerateForm {
     });
   }
 
-  setModels(models) {
+  setModels(all) {
+    // A prompt form can only offer the models a prompt alone is enough for.
+    const models = all.filter((model) => model.kind === "text-to-image");
     this.models = new Map(models.map((model) => [model.name, model]));
     const select = this.fields.model;
     select.replaceChildren(...models.map((model) => option(model.name, model.name)));
@@ -114,6 +116,13 @@ export class GenerateForm {
   async submit() {
     const name = this.fields.model.value;
     if (!name) return;
+    // Some models would take an empty prompt and draw something random: almost always a slip.
+    if (!this.fields.prompt.value.trim()) {
+      const hint = { loc: ["body", "prompt"], msg: "write what the image should show" };
+      this.showErrors([hint], "Nothing was sent:");
+      this.fields.prompt.focus();
+      return;
+    }
     const body = this.body();
     this.submitButton.disabled = true;
     this.form.setAttribute("aria-busy", "true");

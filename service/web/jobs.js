@@ -6,6 +6,8 @@
 const IN_FLIGHT_RANK = { Queued: 0, Pending: 1, Processing: 2 };
 const TERMINAL_RANK = 3;
 const FAILED = new Set(["Error", "Request Moderated", "Content Moderated"]);
+// Rows shown at first and added by each "Show more": a long session's list stays short.
+export const JOBS_PAGE = 20;
 
 function rank(job) {
   return IN_FLIGHT_RANK[job.status] ?? TERMINAL_RANK;
@@ -58,11 +60,16 @@ function place(list, node, job) {
 
 export class JobBoard {
   // `announce(text)` tells assistive technology when a job it saw in flight finishes.
-  constructor({ list, listEmpty, gallery, galleryEmpty, jobTemplate, imageTemplate, announce }) {
-    Object.assign(this, { list, listEmpty, gallery, galleryEmpty, jobTemplate, imageTemplate, announce });
+  constructor({ list, more, listEmpty, gallery, galleryEmpty, jobTemplate, imageTemplate, announce }) {
+    Object.assign(this, { list, more, listEmpty, gallery, galleryEmpty, jobTemplate, imageTemplate, announce });
     this.jobs = new Map();
     this.rows = new Map();
     this.images = new Map();
+    this.visible = JOBS_PAGE;
+    more.addEventListener("click", () => {
+      this.visible += JOBS_PAGE;
+      this.applyCap();
+    });
   }
 
   clear() {
@@ -71,7 +78,19 @@ export class JobBoard {
     this.images.clear();
     this.list.replaceChildren();
     this.gallery.replaceChildren();
+    this.visible = JOBS_PAGE;
     this.updateEmpty();
+  }
+
+  // The newest `visible` rows show; older ones wait behind "Show more".
+  applyCap() {
+    const rows = [...this.list.children];
+    rows.forEach((row, index) => {
+      row.hidden = index >= this.visible;
+    });
+    const older = rows.length - this.visible;
+    this.more.hidden = older <= 0;
+    this.more.textContent = `Show more (${older} older)`;
   }
 
   upsert(job) {
@@ -138,6 +157,7 @@ export class JobBoard {
   }
 
   updateEmpty() {
+    this.applyCap();
     this.listEmpty.hidden = this.rows.size > 0;
     this.galleryEmpty.hidden = this.images.size > 0;
   }
