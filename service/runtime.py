@@ -98,7 +98,11 @@ async def stored_secret(db: Database, name: str, make) -> str:
 
 def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.AsyncClient) -> None:
     s = svc.settings
-    limits = Limits(total=s.bfl_max_active, kontext_max=s.bfl_max_active_kontext_max)
+    limits = Limits(
+        total=s.bfl_max_active,
+        kontext_max=s.bfl_max_active_kontext_max,
+        per_tenant=s.tenant_max_active,
+    )
     common = {"db": svc.db, "signals": svc.signals, "clock": svc.clock}
     svc.fetcher = ImageFetcher(
         **common,

@@ -1,10 +1,13 @@
 """Settings from the environment (12-factor), built by `create_app` or the CLI, never at import."""
 
+import ipaddress
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./fluxhook.db"
 DEFAULT_BFL_API_URL = "https://api.bfl.ai"
@@ -62,6 +65,47 @@ def _at_least_one(environ: Mapping[str, str], name: str, default: int) -> int:
     if number < 1:
         raise SettingsError(f"{name} must be at least 1")
     return number
+
+
+def _port(environ: Mapping[str, str]) -> int:
+    port = _number(environ, "PORT", 8000)
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"PORT must be between 1 and 65535, not {port}")
+    return port
+
+
+# A DNS name (RFC 1123 labels); anything made only of digits and dots must be an IPv4 address.
+HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _host(environ: Mapping[str, str]) -> str:
+    value = (environ.get("HOST") or "0.0.0.0").strip()  # noqa: S104 - a PaaS routes to $PORT
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if re.fullmatch(r"[\d.]+", value) or not HOSTNAME.fullmatch(value):
+            raise SettingsError(
+                f"HOST must be an IP address or a host name, not {value!r}"
+            ) from None
+    return value
+
+
+def _public_url(environ: Mapping[str, str], port: int) -> str:
+    value = (environ.get("PUBLIC_URL") or f"http://127.0.0.1:{port}").strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        # BFL and subscribers are sent links built on it: it must be an absolute http(s) URL.
+        raise SettingsError(
+            f"PUBLIC_URL must be an http(s) URL such as https://app.example.com, not {value!r}"
+        )
+    return value
+
+
+def _optional_cap(environ: Mapping[str, str], name: str) -> int | None:
+    """A per-tenant cap: unset (or empty) means none; set, it must be a whole number ≥ 1."""
+    if not environ.get(name, "").strip():
+        return None
+    return _at_least_one(environ, name, 1)
 
 
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -124,6 +168,7 @@ def _retention_days(environ: Mapping[str, str]) -> float:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     port: int = 8000
+    host: str = "0.0.0.0"  # noqa: S104 - where `serve` listens; a PaaS routes to $PORT
     public_url: str = "http://127.0.0.1:8000"
     secret_keys: tuple[str, ...] = ()
     bfl_api_key: str | None = None
@@ -132,6 +177,8 @@ class Settings:
     bfl_max_active: int = 24
     bfl_max_active_kontext_max: int = 6
     bfl_timeout_s: float = 30.0
+    tenant_max_active: int | None = None  # upstream slots one tenant may hold; None: all
+    tenant_max_queued: int | None = None  # jobs one tenant may have waiting; None: no cap
     run_workers: bool = True
     allow_private_targets: bool = False
     log_format: str = "text"
@@ -165,8 +212,8 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        port = _number(env, "PORT", 8000)
-        public_url = (env.get("PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/")
+        port = _port(env)
+        public_url = _public_url(env, port)
         bfl_api_key = env.get("BFL_API_KEY") or None
         default_upstream = (
             public_url + EMULATOR_PREFIX if bfl_api_key is None else DEFAULT_BFL_API_URL
@@ -175,6 +222,7 @@ class Settings:
         return cls(
             database_url=normalise_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             port=port,
+            host=_host(env),
             public_url=public_url,
             secret_keys=_list(env, "SECRET_KEY"),
             bfl_api_key=bfl_api_key,
@@ -183,6 +231,8 @@ class Settings:
             bfl_max_active=_number(env, "BFL_MAX_ACTIVE", 24),
             bfl_max_active_kontext_max=_number(env, "BFL_MAX_ACTIVE_KONTEXT_MAX", 6),
             bfl_timeout_s=_number(env, "BFL_TIMEOUT_S", 30.0, float),
+            tenant_max_active=_optional_cap(env, "TENANT_MAX_ACTIVE"),
+            tenant_max_queued=_optional_cap(env, "TENANT_MAX_QUEUED"),
             run_workers=_bool(env, "RUN_WORKERS", True),
             allow_private_targets=_bool(env, "ALLOW_PRIVATE_TARGETS", bfl_api_key is None),
             log_format=_log_format(env, on_paas),

@@ -9,9 +9,12 @@ this job's callback, which fluxhook sends itself.
 import hashlib
 import json
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -66,6 +69,8 @@ async def submit(request: Request) -> JSONResponse:
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other committed first.
         response = await svc.submit_commits.submit(submission)
+    if isinstance(response, HTTPException):
+        raise response
     svc.metrics.jobs_submitted.inc(model=spec.name)
     with logs.job_context(response["id"]):
         log.info("job accepted (%s)", spec.name)
@@ -103,9 +108,10 @@ def _hash(model: str, inputs: dict, callback: tuple) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def create_jobs(svc, session, submissions: list[Submission]) -> list[dict]:
+async def create_jobs(svc, session, submissions: list[Submission]) -> list[dict | HTTPException]:
     """Group-committed: concurrent submissions' jobs in one transaction, each answered with
-    BFL's response (or its first response, for a repeated Idempotency-Key)."""
+    BFL's response (or its first response, for a repeated Idempotency-Key), or the 429 of a
+    tenant over TENANT_MAX_QUEUED."""
     now = svc.clock.now()
     responses = [await _create(svc, session, submission, now) for submission in submissions]
     await svc.signals.after_commit(session, "admission")
@@ -122,6 +128,9 @@ async def _create(svc, session, sub: Submission, now) -> dict:
         if previous is not None:
             await session.delete(previous)
             await session.flush()
+    refusal = await _queue_cap_refusal(svc, session, sub)
+    if refusal is not None:
+        return refusal
     job = _new_job(sub.tenant_id, sub.spec, sub.inputs, sub.price, now)
     session.add(job)
     if sub.callback[0] or sub.key is not None:
@@ -141,6 +150,27 @@ async def _create(svc, session, sub: Submission, now) -> dict:
             )
         )
     return response
+
+
+async def _queue_cap_refusal(svc, session, sub: Submission) -> HTTPException | None:
+    """TENANT_MAX_QUEUED: a tenant with that many jobs waiting for a slot gets BFL's 429.
+    Counted in the submit's transaction, so jobs of the same group commit count too (across
+    processes two submits can race past the cap by one each: a soft cap). Returned, not
+    raised: raising would roll back the whole group commit and redo it one by one."""
+    cap = svc.settings.tenant_max_queued
+    if cap is None:
+        return None
+    waiting = await session.scalar(
+        sa.select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == sub.tenant_id, Job.status == jobs.QUEUED, ~Job.holds_slot)
+    )
+    if waiting >= cap:
+        # One task's latency: about when the tenant's oldest waiting job may have a slot.
+        retry_after = str(max(1, math.ceil(sub.spec.latency_s)))
+        detail = f"Too many queued jobs for this key: {waiting} are waiting (limit {cap})"
+        return error(429, detail, headers={"Retry-After": retry_after})
+    return None
 
 
 def _new_job(tenant_id: uuid.UUID, spec, inputs: dict, price: catalog.Price | None, now) -> Job:

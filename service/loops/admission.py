@@ -1,5 +1,6 @@
 """Admission: at most BFL_MAX_ACTIVE upstream tasks (6 for flux-kontext-max), counted in the
-database so the limit holds across processes. Queued jobs go out in FIFO order as slots free.
+database so the limit holds across processes. Queued jobs go out as slots free, round-robin
+across the tenants with waiting jobs and FIFO within a tenant (`round_robin_query`).
 
 A claimed job holds its slot (`holds_slot`) from the claim until BFL is done with it. Outcomes
 of a submit (DESIGN §4):
@@ -61,6 +62,7 @@ RECONCILER = "reconciler"  # the loop woken when jobs start waiting for slots
 class Limits:
     total: int = 24
     kontext_max: int = 6
+    per_tenant: int | None = None  # TENANT_MAX_ACTIVE: slots one tenant may hold
 
 
 def expected_latency_s(model: str) -> float:
@@ -87,6 +89,55 @@ async def jobs_wait_for_slots(session, now: datetime) -> bool:
         .limit(1)
     )
     return (await session.exec(query)).first() is not None
+
+
+def round_robin_query(now: datetime, free: int, *, kontext_allowed: bool, per_tenant: int | None):
+    """The next `free` waiting jobs, round-robin across tenants (DESIGN §4).
+
+    Each tenant's waiting jobs are ranked FIFO; every tenant's first goes before any tenant's
+    second, and so on. Among tenants, the one served least recently goes first: the latest
+    admission among its jobs holding slots (none held: it goes before all that hold some),
+    then the oldest waiting job. So one free slot at a time still rotates across tenants,
+    and a tenant alone gets every slot. It is all read from the database, so the rotation
+    holds across claims and processes; the caller holds the admission lock. With
+    `per_tenant` (TENANT_MAX_ACTIVE), a job that would take the tenant past it stays queued."""
+    waiting = sa.select(
+        Job.id.label("job_id"),
+        func.row_number()
+        .over(partition_by=Job.tenant_id, order_by=(Job.created_at, Job.id))
+        .label("rank"),
+        func.min(Job.created_at).over(partition_by=Job.tenant_id).label("head_created_at"),
+    ).where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
+    if not kontext_allowed:
+        waiting = waiting.where(Job.slot_class != KONTEXT_MAX)
+    waiting = waiting.subquery("waiting")
+    held = (
+        sa.select(
+            Job.tenant_id.label("tenant_id"),
+            func.count().label("slots"),
+            func.max(Job.admitted_at).label("last_admitted_at"),
+        )
+        .where(Job.holds_slot)
+        .group_by(Job.tenant_id)
+        .subquery("held")
+    )
+    query = (
+        select(Job)
+        .join(waiting, waiting.c.job_id == Job.id)
+        .outerjoin(held, held.c.tenant_id == Job.tenant_id)
+        .order_by(
+            waiting.c.rank,
+            held.c.last_admitted_at.asc().nulls_first(),
+            waiting.c.head_created_at,
+            Job.tenant_id,
+        )
+        .limit(free)
+        # Window functions rule out FOR UPDATE on the subquery: lock only the jobs rows.
+        .with_for_update(of=Job, skip_locked=True)
+    )
+    if per_tenant is None:
+        return query
+    return query.where(waiting.c.rank + func.coalesce(held.c.slots, 0) <= per_tenant)
 
 
 class Admission(Loop):
@@ -164,15 +215,9 @@ class Admission(Loop):
         free_kontext = self.limits.kontext_max - used.get(KONTEXT_MAX, 0)
         if free <= 0:
             return []
-        query = (
-            select(Job)
-            .where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
-            .order_by(Job.created_at, Job.id)
-            .limit(free)
-            .with_for_update(skip_locked=True)
+        query = round_robin_query(
+            now, free, kontext_allowed=free_kontext > 0, per_tenant=self.limits.per_tenant
         )
-        if free_kontext <= 0:
-            query = query.where(Job.slot_class != KONTEXT_MAX)
         admitted = []
         for job in (await session.exec(query)).all():
             if job.slot_class == KONTEXT_MAX:
