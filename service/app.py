@@ -15,7 +15,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from service import receiver
-from service.api import compat, deliveries, events, jobs, models, openapi, ops, subscriptions
+from service.api import (
+    compat,
+    deliveries,
+    events,
+    jobs,
+    models,
+    openapi,
+    ops,
+    subscriptions,
+    usage,
+)
 from service.api.http import http_error
 from service.logs import RequestContext
 from service.runtime import running
@@ -66,6 +76,7 @@ def api_routes() -> list[BaseRoute]:
         Resource("/v1/deliveries", get=deliveries.list_deliveries),
         Resource("/v1/deliveries/{delivery_id}/redeliver", post=deliveries.redeliver),
         Resource("/v1/models", get=models.list_models),
+        Resource("/v1/usage", get=usage.get_usage),
         # Last, and reached only by paths no resource above claims: every BFL model route,
         # including ones with a slash (flux-tools/erase-v1). No model is named like a resource.
         Route("/v1/{model:path}", compat.submit, methods=["POST"]),

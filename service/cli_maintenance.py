@@ -6,7 +6,7 @@ import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import anyio
 
@@ -32,6 +32,22 @@ def add_maintenance_verbs(verbs) -> None:
         type=duration,
         metavar="DURATION",
         help="age of the finished jobs to delete, like 0s, 12h or 30d (default: RETENTION_DAYS)",
+    )
+    usage = verbs.add_parser("usage", help="jobs and BFL cost per tenant, day, model, status")
+    usage.add_argument("--tenant", metavar="NAME", help="only this tenant (default: all)")
+    usage.add_argument(
+        "--from",
+        dest="start",
+        type=_date,
+        metavar="DATE",
+        help="first day, like 2026-12-01 (default: 29 days before --to)",
+    )
+    usage.add_argument(
+        "--to",
+        dest="end",
+        type=_date,
+        metavar="DATE",
+        help="last day, inclusive (default: today, UTC)",
     )
     images = verbs.add_parser("images", help="stored images")
     image_verbs = images.add_subparsers(dest="images_verb", required=True)
@@ -92,4 +108,35 @@ def run_images(args) -> int:
     return 0
 
 
-MAINTENANCE_VERBS = {"prune": run_prune, "images": run_images}
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-12-02") from None
+
+
+def run_usage(args) -> int:
+    from service.usage import usage
+
+    settings = Settings.from_env()
+    end = args.end or datetime.now(UTC).date()
+    start = args.start or end - timedelta(days=29)
+
+    async def read():
+        async with _database(settings) as db, db.read() as session:
+            return await usage(session, start, end)
+
+    rows = [row for row in anyio.run(read) if args.tenant in (None, row.tenant)]
+    if not rows:
+        print(f"no finished jobs from {start} to {end}", file=sys.stderr)
+        return 0
+    print(f"{'day':<10}  {'tenant':<20}  {'model':<24}  {'status':<18}  {'jobs':>6}  {'cost':>10}")
+    for row in rows:
+        print(
+            f"{row.day}  {row.tenant[:20]:<20}  {row.model:<24}  {row.status:<18}  "
+            f"{row.jobs:>6}  {row.cost:>10.3f}"
+        )
+    return 0
+
+
+MAINTENANCE_VERBS = {"prune": run_prune, "images": run_images, "usage": run_usage}

@@ -15,8 +15,10 @@ from sqlalchemy import func, or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.db import before_commit, on_commit
+from service.jobs import TERMINAL_EVENTS
 from service.models import Delivery, JobEvent, Subscription
 from service.signals import Signals
+from service.usage import count_final
 from service.views import job_view
 
 EVENTS_CHANNEL = "fluxhook_events"
@@ -62,7 +64,10 @@ async def record_event(
 async def record_job_event(
     session: AsyncSession, signals: Signals, urls, job, event_type: str, now: datetime
 ) -> "StagedEvent":
-    """An event about a job; its data is the job as `GET /v1/jobs/{id}` shows it now."""
+    """An event about a job; its data is the job as `GET /v1/jobs/{id}` shows it now. A
+    terminal event also counts the job in its tenant's usage, in the same transaction."""
+    if event_type in TERMINAL_EVENTS:
+        await count_final(session, job, event_type, now)
     return await record_event(
         session,
         signals,

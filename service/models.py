@@ -1,7 +1,7 @@
 """The tables. UUID keys, UTC timestamps, a naming convention so migrations stay stable."""
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -192,3 +192,16 @@ class AppSecret(SQLModel, table=True):
     __tablename__ = "app_secrets"
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=500)
+
+
+class UsageDay(SQLModel, table=True):
+    """What each tenant spent: jobs and BFL's cost per day, model and final status. Written in
+    the transaction that records a job's final state; kept when retention prunes the jobs."""
+
+    __tablename__ = "usage_days"
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", primary_key=True)
+    day: date = Field(sa_column=sa.Column(sa.Date(), primary_key=True))
+    model: str = Field(max_length=64, primary_key=True)
+    status: str = Field(max_length=32, primary_key=True)
+    jobs: int = 0
+    cost: float = 0.0  # BFL's credits, as reported for the jobs

@@ -29,6 +29,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from service import catalog
+from service.api import usage
 from service.api.http import http_error
 from service.api.openapi import document
 from service.app import api_routes, ops_routes
@@ -98,6 +99,14 @@ def _foreign_cursor(case, response) -> bool:
     )
 
 
+def _usage_range(case, response) -> bool:
+    return (
+        case.operation.label == "GET /v1/usage"
+        and response.status_code == 422
+        and _detail(response) == usage.RANGE_RULE
+    )
+
+
 def _lax_value(case, _response) -> bool:
     """Valid to the model's own lax validation, invalid to its strict one: the body differs
     from the schema only by values pydantic coerces."""
@@ -135,6 +144,12 @@ EXCUSED = (
         "positive_data_acceptance",
         _foreign_cursor,
         "`cursor` is opaque: only a next_cursor this API gave out is accepted.",
+    ),
+    Excuse(
+        "positive_data_acceptance",
+        _usage_range,
+        "/v1/usage's `from` must not be after `to`, and the range is at most 366 days: a rule "
+        "across two parameters, which a parameter's schema cannot state.",
     ),
     Excuse(
         "negative_data_rejection",

@@ -143,6 +143,23 @@ def _schemas() -> dict:
         "Model": _model(),
         "ModelList": obj(models=array(ref("Model"))),
         "Credits": obj(credits={"type": "number"}),
+        "Usage": obj(
+            ("from", "to", "jobs", "cost", "days"),
+            **{"from": {"type": "string", "format": "date"}},
+            to={"type": "string", "format": "date"},
+            jobs={"type": "integer"},
+            cost={"type": "number", "description": "BFL's reported cost, in credits"},
+            days=array(
+                obj(
+                    ("day", "model", "status", "jobs", "cost"),
+                    day={"type": "string", "format": "date"},
+                    model={"type": "string"},
+                    status={"type": "string"},
+                    jobs={"type": "integer"},
+                    cost={"type": "number"},
+                )
+            ),
+        ),
         "Status": obj(
             ("status",),
             status={"enum": ["ok", "unavailable"]},
@@ -452,6 +469,14 @@ def _callbacks(table: PathTable) -> None:
                 param("subscription_id", "query", UUID, "Only this subscription's"),
                 param("status", "query", statuses, "Only in this status"),
                 page_size(500, 100)],
+    )  # fmt: skip
+    day = {"type": "string", "format": "date"}
+    table.add(
+        "get", "/v1/usage", "get_usage",
+        "The tenant's jobs by day, model and final status, and BFL's cost", CALLBACKS,
+        ok="Usage", fails=("403", "422"),
+        params=[param("from", "query", day, "First day (default: 29 days before `to`)"),
+                param("to", "query", day, "Last day, inclusive (default: today, UTC)")],
     )  # fmt: skip
     table.add(
         "post", "/v1/deliveries/{delivery_id}/redeliver", "redeliver",

@@ -1,0 +1,72 @@
+"""What each tenant spent (DESIGN §3 `GET /v1/usage`): a daily rollup per tenant, model and
+final status, of jobs and BFL's reported cost (credits).
+
+Counted where a job's final state is recorded (its terminal event, in the same transaction),
+so the totals equal the sum over the jobs, and kept when retention prunes the jobs. A `Ready`
+whose image never arrives ends `Error` later: its count (and cost) moves from `Ready` on the
+day it was Ready to `Error` on the day it failed, so every job counts once.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service import jobs
+from service.models import Job, Tenant, UsageDay
+
+USAGE = UsageDay.__table__
+
+
+async def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:
+    """Inside the transaction that records `event_type` (a terminal event) for `job`."""
+    cost = job.cost or 0.0
+    if event_type == jobs.EVENT_FAILED and job.upstream_ready_at is not None:
+        ready_day = job.upstream_ready_at.date()
+        await _add(session, job.tenant_id, ready_day, job.model, jobs.READY, -1, -cost)
+    await _add(session, job.tenant_id, now.date(), job.model, job.status, 1, cost)
+
+
+async def _add(session, tenant_id, day: date, model: str, status: str, count: int, cost: float):
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    row = {"tenant_id": tenant_id, "day": day, "model": model, "status": status,
+           "jobs": count, "cost": cost}  # fmt: skip
+    upsert = dialect.insert(USAGE).values(**row)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[USAGE.c.tenant_id, USAGE.c.day, USAGE.c.model, USAGE.c.status],
+        set_={"jobs": USAGE.c.jobs + count, "cost": USAGE.c.cost + cost},
+    )
+    await session.exec(upsert)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    tenant: str
+    day: date
+    model: str
+    status: str
+    jobs: int
+    cost: float
+
+    def view(self) -> dict:
+        return {"day": self.day.isoformat(), "model": self.model, "status": self.status,
+                "jobs": self.jobs, "cost": round(self.cost, 6)}  # fmt: skip
+
+
+async def usage(
+    session: AsyncSession, start: date, end: date, tenant_id: uuid.UUID | None = None
+) -> list[UsageRow]:
+    """Rows from `start` to `end` (inclusive), one tenant's or (None) every tenant's."""
+    query = (
+        sa.select(Tenant.name, USAGE.c.day, USAGE.c.model, USAGE.c.status, USAGE.c.jobs,
+                  USAGE.c.cost)
+        .join(Tenant, Tenant.id == USAGE.c.tenant_id)
+        .where(USAGE.c.day >= start, USAGE.c.day <= end, USAGE.c.jobs != 0)
+        .order_by(USAGE.c.day, Tenant.name, USAGE.c.model, USAGE.c.status)
+    )  # fmt: skip
+    if tenant_id is not None:
+        query = query.where(USAGE.c.tenant_id == tenant_id)
+    return [UsageRow(*row) for row in (await session.exec(query)).all()]

@@ -1,0 +1,112 @@
+"""Usage (issue 16): the rollup equals the sum over the jobs, survives retention, counts a Ready
+that later fails once, and never shows another tenant's."""
+
+import os
+import sys
+import uuid
+from datetime import timedelta
+
+import anyio
+import httpx
+from sqlmodel import select
+
+from service.clock import FakeClock
+from service.models import Job, Tenant
+from service.retention import prune
+from tests.support.stack import running_emulator, running_stack
+
+FAST = {"time_scale": 0.01}
+SMALL = {"width": 256, "height": 256}
+
+
+async def _jobs(stack) -> list[Job]:
+    async with stack.services.db.read() as session:
+        return list((await session.exec(select(Job))).all())
+
+
+def _by_status(body: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in body["days"]:
+        counts[row["status"]] = counts.get(row["status"], 0) + row["jobs"]
+    return counts
+
+
+async def test_usage_is_the_sum_over_the_jobs_and_survives_a_prune(database_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(database_url, emulator) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=30) as other,
+    ):
+        other.headers["x-key"] = await stack.new_key("other-tenant")
+        prompts = ["a", "b [error]", "c [content-moderated]", "d"]
+        jobs = [await stack.submit("flux-dev", prompt=p, **SMALL) for p in prompts]
+        for job in jobs:
+            await stack.settled(job["id"])
+        for job in (jobs[0], jobs[3]):
+            await stack.stored(job["id"])
+        mine = (await stack.client.get("/v1/usage")).json()
+        rows = await _jobs(stack)
+        assert mine["jobs"] == len(rows) == 4
+        assert mine["cost"] == round(sum(job.cost or 0 for job in rows), 6)
+        assert _by_status(mine) == {"Ready": 2, "Error": 1, "Content Moderated": 1}
+        assert {row["model"] for row in mine["days"]} == {"flux-dev"}
+        assert (await other.get("/v1/usage")).json()["days"] == [], "another tenant sees none"
+
+        pruned = await prune(stack.services.db, stack.services.images, _soon(stack))
+        assert pruned.jobs == 4 and await _jobs(stack) == []
+        assert (await stack.client.get("/v1/usage")).json() == mine
+
+
+def _soon(stack):
+    return stack.services.clock.now() + timedelta(seconds=1)
+
+
+async def test_a_ready_whose_image_never_comes_counts_once_as_error(sqlite_url):
+    clock = FakeClock()
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator, {"clock": clock}) as stack,
+    ):
+        job = await stack.submit("flux-dev", **SMALL)
+        ready = {"id": "t", "status": "Ready", "result": {"sample": "http://☃.net/s.jpeg"}}
+        assert (await stack.post_webhook(job["id"], ready)).status_code == 200
+        await stack.reaches(job["id"], "Error")
+        usage = (await stack.client.get("/v1/usage")).json()
+        assert (usage["jobs"], _by_status(usage)) == (1, {"Error": 1})
+
+
+async def test_bad_ranges_are_422(sqlite_url):
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(sqlite_url, emulator, {"run_workers": False}) as stack,
+    ):
+        for query in ("from=yesterday", "to=2026-13-01", "from=2026-12-05&to=2026-12-01",
+                      "from=2020-01-01&to=2026-01-01", "to=20261201"):  # fmt: skip
+            response = await stack.client.get(f"/v1/usage?{query}")
+            assert response.status_code == 422, query
+        fine = await stack.client.get("/v1/usage?from=2026-11-01&to=2026-11-30")
+        assert fine.json() == {"from": "2026-11-01", "to": "2026-11-30", "jobs": 0,
+                               "cost": 0, "days": []}  # fmt: skip
+
+
+async def test_operators_read_every_tenants_usage(sqlite_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        job = await stack.submit("flux-dev", **SMALL)
+        await stack.settled(job["id"])
+        tenant = await _tenant_name(stack, job["id"])
+    env = {**os.environ, "DATABASE_URL": sqlite_url}
+    command = [sys.executable, "-m", "service", "usage", "--tenant", tenant]
+    ran = await anyio.run_process(command, env=env, check=False)
+    assert ran.returncode == 0, ran.stderr
+    header, row = ran.stdout.decode().splitlines()
+    assert header.split()[:4] == ["day", "tenant", "model", "status"]
+    assert row.split()[2:5] == ["flux-dev", "Ready", "1"]
+
+
+async def _tenant_name(stack, job_id: str) -> str:
+    async with stack.services.db.read() as session:
+        job = await session.get(Job, uuid.UUID(job_id))
+        return (await session.get(Tenant, job.tenant_id)).name
