@@ -11,8 +11,7 @@ import httpx
 from service import logs
 from service.app import create_app
 from service.emulator.config import EmulatorConfig
-from service.server import base_url, listening_socket
-from service.settings import Settings
+from service.settings import EMULATOR_PREFIX, Settings
 from tests.support.servers import running_server
 from tests.support.sse import open_stream
 from tests.support.stack import TEST_SECRET, running_emulator, running_stack, stack_settings
@@ -164,15 +163,11 @@ async def test_readiness_checks_log_no_alembic_lines(sqlite_url):
     assert not [name for name in loggers if name.startswith("alembic")], loggers
 
 
-async def test_the_embedded_emulator_reports_progress(sqlite_url):
+def test_the_embedded_emulator_reports_progress(sqlite_url):
     # `make run` (emulator mode) should show progress; the standalone emulator keeps it off.
-    sock = listening_socket()
-    base = base_url(sock)
-    settings = Settings.from_env({"DATABASE_URL": sqlite_url,
-                                  "PUBLIC_URL": base, "SECRET_KEY": TEST_SECRET})  # fmt: skip
+    settings = Settings.from_env({"DATABASE_URL": sqlite_url, "SECRET_KEY": TEST_SECRET})
     assert settings.emulator_mode
     app = create_app(settings, run_workers=False)
-    async with running_server(app, sock), httpx.AsyncClient() as http:
-        config = (await http.get(f"{base}/emulator/_emulator/config")).json()
-    assert config["progress_events"] is True
+    (embedded,) = [r.app for r in app.routes if getattr(r, "path", None) == EMULATOR_PREFIX]
+    assert embedded.state.emulator.config.progress_events is True
     assert EmulatorConfig().progress_events is False
