@@ -73,6 +73,7 @@ def api_routes() -> list[BaseRoute]:
         Resource(sub, get=subscriptions.get_one, delete=subscriptions.delete),
         Resource(sub + "/rotate-secret", post=subscriptions.rotate_secret),
         Resource(sub + "/enable", post=subscriptions.enable),
+        Resource(sub + "/test", post=subscriptions.send_test),
         Resource("/v1/deliveries", get=deliveries.list_deliveries),
         Resource("/v1/deliveries/{delivery_id}/redeliver", post=deliveries.redeliver),
         Resource("/v1/models", get=models.list_models),

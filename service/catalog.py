@@ -19,6 +19,9 @@ lists), then `bfl/API.md` (for the rest). Where they disagree we follow the spec
 * FLUX Tools follow the official SDK-0.2 models, with the public `safety_tolerance` range 0..5.
 * `flux-2-flex-outpainting` is described only in API.md §2.5; the defaults it does not give
   (offsets, `effort`) are our inference.
+* `image` is BFL's 2024 route (`POST /v1/image`, the getting-started page of docs.bfl.ml,
+  API.md §2.7): FLUX.1 [pro] with width/height, kept as an alias of `flux-pro` (its inputs,
+  price, latency and slots). Work done for it is `flux-pro`'s: see `canonical`.
 
 Prices are credits (1 credit = $0.01, API.md §9.2). FLUX.2-style models use the megapixel formula
 `first MP + (output MP - 1) x per-MP + input MP x per-MP`, with a minimum 1 MP charge; one MP is
@@ -33,7 +36,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -69,6 +72,7 @@ class ModelSpec:
     webhooks: bool
     slot_class: str
     result_style: str
+    alias_of: str | None = None  # another route to that model, which does the work
 
 
 # ---- input models --------------------------------------------------------------------------
@@ -386,6 +390,12 @@ _SPECS = (
     _spec("flux-tools/vto-v1", VtoInputs, 8.0, flux2=True),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+# Routes that are another name for a model. Listed after every model, so whatever walks the
+# catalog meets the model first (its schema, its tests).
+ALIASES = {"image": "flux-pro"}
+MODELS |= {
+    alias: replace(MODELS[model], name=alias, alias_of=model) for alias, model in ALIASES.items()
+}
 
 # Fixed prices in credits (API.md §9.2). Finetuned variants: the base model's price (inferred).
 _FIXED_CREDITS = {
@@ -426,6 +436,11 @@ _KONTEXT_IMAGES = _FLUX2_IMAGES[:4]
 
 def get_model(name: str) -> ModelSpec | None:
     return MODELS.get(name)
+
+
+def canonical(model: ModelSpec) -> ModelSpec:
+    """The model an alias route stands for (`image` -> `flux-pro`); a model is its own."""
+    return MODELS[model.alias_of] if model.alias_of else model
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -520,10 +535,12 @@ def _json_invalid(pos: int, reason: str) -> dict:
 
 def output_size(model: ModelSpec, inputs: dict) -> tuple[int, int]:
     """The pixels BFL would produce for these (validated) inputs."""
+    model = canonical(model)
     return _SIZERS.get(model.name, _sized_like_image("image"))(inputs)
 
 
 def price(model: ModelSpec, inputs: dict) -> Price:
+    model = canonical(model)
     width, height = output_size(model, inputs)
     output_mp = round(width * height / MEGAPIXEL, 2)
     input_mp = round(float(sum(_input_megapixels(model, inputs))), 2)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from service import catalog
+from service.jobs import EVENT_TYPES
 
 TERMINAL_EVENTS = {"job.ready", "job.failed", "job.moderated"}
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
@@ -57,15 +58,52 @@ def add_client_verbs(verbs) -> None:
     deliveries.add_argument("--failed", action="store_true", help="only dead letters")
     redeliver = verbs.add_parser("redeliver", parents=[common], help="send a delivery again")
     redeliver.add_argument("id", help="the delivery's id, as `fluxhook deliveries` shows it")
+    subscriptions = verbs.add_parser("subscriptions", help="callback subscriptions")
+    subscription_verbs = subscriptions.add_subparsers(dest="subscriptions_verb", required=True)
+    test = subscription_verbs.add_parser(
+        "test", parents=[common], help="send a subscription a signed ping event"
+    )
+    test.add_argument("id", help="the subscription's id")
+    add_listen_verb(verbs, common)
 
 
-def _client(args) -> httpx.Client:
+def add_listen_verb(verbs, common) -> None:
+    listen = verbs.add_parser(
+        "listen",
+        parents=[common],
+        help="forward the live events, signed, to a local URL",
+        description="Follow the tenant's event stream and POST each event to --forward-to as a "
+        "subscription would get it (same body, Standard Webhooks headers), signed with the "
+        "whsec_ secret printed on the first line. One attempt per event: a handler that is "
+        "down or answers 5xx gets a line saying so, not a retry. A dropped stream is resumed "
+        "where it stopped. Ctrl-C stops.",
+    )
+    example = "http://localhost:3000/webhooks"
+    listen.add_argument("--forward-to", required=True, metavar="URL", help=f"e.g. {example}")
+    listen.add_argument(
+        "--events",
+        metavar="TYPE,…",
+        help=f"comma-separated event types (default: every job event: {', '.join(EVENT_TYPES)})",
+    )
+    listen.add_argument("--secret", help="sign with this whsec_ secret (default: a new one)")
+    listen.add_argument(
+        "--from-start", action="store_true", help="first replay every event fluxhook still has"
+    )
+
+
+def connection(args) -> tuple[str, str]:
+    """fluxhook's base URL and the API key: `--url`/`--key`, else the environment."""
     port = os.environ.get("PORT", "8000")
     url = args.url or os.environ.get("FLUXHOOK_URL") or f"http://127.0.0.1:{port}"
     key = args.key or os.environ.get("FLUXHOOK_KEY")
     if not key:
         raise ClientError("no API key: pass --key or set FLUXHOOK_KEY")
-    return httpx.Client(base_url=url.rstrip("/"), headers={"x-key": key}, timeout=30.0)
+    return url.rstrip("/"), key
+
+
+def _client(args) -> httpx.Client:
+    url, key = connection(args)
+    return httpx.Client(base_url=url, headers={"x-key": key}, timeout=30.0)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -215,6 +253,20 @@ def redeliver(args) -> int:
     return 0
 
 
+def subscriptions(args) -> int:
+    """`subscriptions test ID`: prints the ping's delivery id, to follow in `deliveries`."""
+    with _client(args) as client:
+        sent = _request(client, "POST", f"/v1/subscriptions/{args.id}/test").json()
+    print(sent["delivery_id"])
+    return 0
+
+
+def listen(args) -> int:
+    from service.listen import listen  # it uses this module's errors and connection()
+
+    return listen(args)
+
+
 def _exit_codes(verb):
     def run(args) -> int:
         try:
@@ -233,5 +285,7 @@ CLIENT_VERBS = {
         "jobs": jobs,
         "deliveries": deliveries,
         "redeliver": redeliver,
+        "subscriptions": subscriptions,
+        "listen": listen,
     }.items()
 }

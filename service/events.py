@@ -22,6 +22,9 @@ from service.usage import count_final
 from service.views import job_view
 
 EVENTS_CHANNEL = "fluxhook_events"
+# The test event (POST /v1/subscriptions/{id}/test): owed to that one subscription, whatever
+# its event types, and never about a job.
+PING = "ping"
 # PostgreSQL's NOTIFY payload limit is 8000 bytes; bigger events go by sequence number only.
 NOTIFY_PAYLOAD_LIMIT = 7900
 STAGED = "fluxhook.staged_events"
@@ -56,9 +59,37 @@ async def record_event(
     for it and its notification are all settled once, just before the transaction commits,
     together with every other event staged there (see `_settle`)."""
     event = StagedEvent(tenant_id=tenant_id, job_id=job_id, type=type, data=data, created_at=now)
+    _stage(session, signals, event, now)
+    return event
+
+
+async def record_ping(
+    session: AsyncSession, signals: Signals, subscription: Subscription, now: datetime
+) -> uuid.UUID:
+    """Stage a `ping` for `subscription` alone (enabled: only enabled ones are owed events);
+    returns the id its delivery will have once the transaction commits."""
+    data = {
+        "subscription_id": str(subscription.id),
+        "url": subscription.url,
+        "test": True,
+        "message": "A test event from fluxhook, sent by POST /v1/subscriptions/{id}/test.",
+    }
+    event = StagedEvent(
+        tenant_id=subscription.tenant_id,
+        job_id=None,
+        type=PING,
+        data=data,
+        created_at=now,
+        to=subscription.id,
+        delivery_id=uuid.uuid4(),
+    )
+    _stage(session, signals, event, now)
+    return event.delivery_id
+
+
+def _stage(session: AsyncSession, signals: Signals, event: "StagedEvent", now) -> None:
     session.info.setdefault(STAGED, []).append(event)
     before_commit(session, STAGED, lambda: _settle(session, signals, now))
-    return event
 
 
 async def record_job_event(
@@ -110,6 +141,8 @@ class StagedEvent:
     data: dict
     created_at: datetime
     seq: int | None = None
+    to: uuid.UUID | None = None  # a ping's one subscription (whatever its event types)
+    delivery_id: uuid.UUID | None = None  # the id of that subscription's delivery
 
 
 EVENTS = JobEvent.__table__
@@ -151,10 +184,10 @@ async def _add_deliveries(
         return 0
     leases = handoff.leases([s.id for _, s in owed], now) if handoff else [None] * len(owed)
     rows = [
-        {"id": uuid.uuid4(), "tenant_id": event.tenant_id, "subscription_id": subscription.id,
-         "job_id": event.job_id, "event_seq": event.seq, "event_type": event.type,
-         "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-         "lease_expires_at": lease}
+        {"id": event.delivery_id or uuid.uuid4(), "tenant_id": event.tenant_id,
+         "subscription_id": subscription.id, "job_id": event.job_id, "event_seq": event.seq,
+         "event_type": event.type, "status": "pending", "attempts": 0, "next_attempt_at": now,
+         "created_at": now, "lease_expires_at": lease}
         for (event, subscription), lease in zip(owed, leases, strict=True)
     ]  # fmt: skip
     await session.exec(sa.insert(DELIVERIES), params=rows)
@@ -166,8 +199,12 @@ async def _add_deliveries(
 
 
 def _wants(subscription, event: StagedEvent) -> bool:
+    if subscription.tenant_id != event.tenant_id:
+        return False
+    if event.to is not None:
+        return subscription.id == event.to
     mine = subscription.job_id is None or subscription.job_id == event.job_id
-    return mine and subscription.tenant_id == event.tenant_id and event.type in subscription.events
+    return mine and event.type in subscription.events
 
 
 def notify_payload(event: StagedEvent) -> str:

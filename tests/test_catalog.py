@@ -21,6 +21,7 @@ API_MD_MODELS = {  # API.md §2, every route
     "flux-2-pro", "flux-2-pro-preview", "flux-2-max", "flux-2-flex", "flux-2-klein-4b",
     "flux-2-klein-9b", "flux-2-klein-9b-preview", "flux-2-flex-outpainting",
     "flux-tools/outpainting-v1", "flux-tools/erase-v1", "flux-tools/deblur-v1", "flux-tools/vto-v1",
+    "image",  # §2.7, historical: BFL's 2024 route, an alias of flux-pro
 }  # fmt: skip
 
 
@@ -108,6 +109,17 @@ def test_every_api_md_model_is_in_the_catalog():
     )
     assert MODELS["flux-2-pro"].cost_on_submit
     assert not MODELS["flux-kontext-pro"].cost_on_submit
+
+
+def test_v1_image_is_an_alias_of_flux_pro():
+    image, pro = get_model("image"), get_model("flux-pro")
+    assert (image.name, image.alias_of, image.inputs) == ("image", "flux-pro", pro.inputs)
+    assert catalog.canonical(image) is pro and catalog.canonical(pro) is pro
+    assert [name for name, spec in MODELS.items() if spec.alias_of] == ["image"]
+    assert list(MODELS).index("image") > list(MODELS).index("flux-pro"), "the model comes first"
+    inputs = validate_inputs(image, {"prompt": "x", "width": 1024, "height": 1024})
+    assert catalog.output_size(image, inputs) == (1024, 1024)
+    assert catalog.price(image, inputs) == catalog.price(pro, inputs) == catalog.Price(5.0, 0, 1.0)
 
 
 def test_defaults_are_filled_and_unknown_fields_dropped():

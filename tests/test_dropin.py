@@ -1,9 +1,11 @@
 """The BFL drop-in surface: BFL's validation, statuses and shapes; tenants kept apart."""
 
+import io
 import uuid
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.support.dbstate import snapshot
 from tests.support.stack import running_emulator, running_stack
@@ -131,3 +133,23 @@ async def test_jobs_list_filters_and_pages(stack):
     assert len(queued["jobs"]) == 6
     assert (await stack.client.get("/v1/jobs", params={"status": "Done"})).status_code == 422
     assert (await stack.client.get("/v1/jobs", params={"cursor": "!!"})).status_code == 422
+
+
+async def test_v1_image_the_2024_route_is_a_flux_pro_job_end_to_end(sqlite_url):
+    async with (
+        running_emulator(time_scale=0.01) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+    ):
+        # As BFL's 2024 getting-started page does it: width/height, read `id`, poll get_result.
+        job = await stack.submit("image", prompt="a cat with a fish", width=512, height=256)
+        assert list(job) == ["id", "polling_url", "cost", "input_mp", "output_mp"]
+        result = await stack.settled(job["id"])
+        assert result["status"] == "Ready"
+        image = await stack.client.get(result["result"]["sample"])
+        assert Image.open(io.BytesIO(image.content)).size == (512, 256)
+        native = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+        assert (native["model"], native["cost"]) == ("flux-pro", 5.0)
+        (task,) = await emulator.tasks()
+        assert task["model"] == "flux-pro", "BFL is asked for the model, not the old route"
+        refused = await stack.client.post("/v1/image", json={"prompt": "x", "width": 500})
+        assert refused.json()["detail"][0]["loc"] == ["body", "width"]

@@ -3,7 +3,8 @@
 An app points the official BFL client at fluxhook by changing its base URL. Submits validate as
 BFL does and answer at once: the job row commits (status `Queued`) and admission sends it
 upstream. A `webhook_url`/`webhook_secret` in the body is not forwarded to BFL: it becomes
-this job's callback, which fluxhook sends itself.
+this job's callback, which fluxhook sends itself. BFL's 2024 route `POST /v1/image` is a
+`flux-pro` job, answered like the others (2024 clients read only `id`, then poll get_result).
 """
 
 import hashlib
@@ -54,6 +55,7 @@ async def submit(request: Request) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=422)
     except TargetInvalid as exc:
         return validation_error("webhook_url", str(exc), body.get("webhook_url"))
+    spec = catalog.canonical(spec)  # `/v1/image` (BFL's 2024 route) is a flux-pro job
     # BFL gets what the client sent (validated), never our copy of BFL's defaults: BFL applies
     # its own, and some (FLUX.2's width 0, "auto") are refused when sent explicitly.
     inputs = validated.model_dump(mode="json", exclude_unset=True)

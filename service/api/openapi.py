@@ -21,6 +21,7 @@ from service import catalog, jobs
 from service.api import compat, deliveries, subscriptions
 from service.api.events import HEADERS as SSE_HEADERS
 from service.api.models import describe
+from service.events import PING
 
 REF = "#/components/schemas/{model}"
 DROP_IN, JOBS, EVENTS, CALLBACKS, OPS = "BFL drop-in", "Jobs", "Events", "Callbacks", "Operations"
@@ -79,6 +80,8 @@ BFL_STATUSES = sorted(
     {jobs.bfl_status(status) for status in jobs.STATUSES}, key=jobs.STATUSES.index
 )
 NUMBER = nullable("number")
+# Every type an event can have: a job's stream carries the job's, /v1/events and callbacks all.
+EVENT_TYPES = [*jobs.EVENT_TYPES, "subscription.disabled", PING]
 
 
 def _schemas() -> dict:
@@ -125,17 +128,28 @@ def _schemas() -> dict:
         ),
         "JobList": obj(jobs=array(ref("Job")), next_cursor=nullable("string")),
         "Event": obj(
-            type={"enum": [*jobs.EVENT_TYPES, "subscription.disabled"]},
+            type={"enum": EVENT_TYPES},
             timestamp={"type": "string", "format": "date-time"},
             data={
-                "description": "job.*: the job as GET /v1/jobs/{id} shows it",
-                "anyOf": [ref("Job"), ref("SubscriptionDisabled")],
+                "description": "job.*: the job as GET /v1/jobs/{id} shows it; "
+                "subscription.disabled: which and why; ping: the test event",
+                "anyOf": [ref("Job"), ref("SubscriptionDisabled"), ref("Ping")],
             },
         ),
         "SubscriptionDisabled": obj(
             id={"type": "string", "format": "uuid"},
             url={"type": "string", "format": "uri"},
             reason={"type": "string"},
+        ),
+        "Ping": obj(
+            subscription_id={"type": "string", "format": "uuid"},
+            url={"type": "string", "format": "uri"},
+            test={"const": True},
+            message={"type": "string"},
+        ),
+        "PingSent": obj(
+            delivery_id={"type": "string", "format": "uuid"},
+            webhook_id={"type": "string", "description": "The ping's webhook-id header"},
         ),
         **_subscription_schemas(),
         "Delivery": _delivery(),
@@ -302,7 +316,7 @@ STREAM_EVENT = {
     "required": ["id", "event", "data"],
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Sequence number"},
-        "event": {"enum": list(jobs.EVENT_TYPES)},
+        "event": {"enum": EVENT_TYPES},
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
@@ -376,10 +390,13 @@ SUBMIT_INVALID = json_body(
 
 
 def _drop_in(table: PathTable, refs: dict[str, dict]) -> None:
-    for name in catalog.MODELS:
+    for name, spec in catalog.MODELS.items():
+        summary = f"Submit a {name} job"
+        if spec.alias_of:
+            summary = f"Submit a {spec.alias_of} job (BFL's 2024 route, an alias)"
         operation = table.add(
             "post", f"/v1/{name}", "submit_" + re.sub(r"[^a-z0-9]+", "_", name),
-            f"Submit a {name} job", DROP_IN, ok="AsyncResponse",
+            summary, DROP_IN, ok="AsyncResponse",
             fails=("400", "403", "404", "413"), body=refs[name],
             params=[{"$ref": "#/components/parameters/IdempotencyKey"}],
         )  # fmt: skip
@@ -461,6 +478,16 @@ def _callbacks(table: PathTable) -> None:
         "post", one + "/enable", "enable_subscription", "Enable a disabled subscription",
         CALLBACKS, ok="Subscription", fails=("403", "404"), params=[SUBSCRIPTION_ID],
     )  # fmt: skip
+    test = table.add(
+        "post", one + "/test", "test_subscription",
+        "Send it a signed ping event through the normal delivery path", CALLBACKS,
+        ok="PingSent", status="202", fails=("403", "404", "409"), params=[SUBSCRIPTION_ID],
+    )  # fmt: skip
+    test["description"] = (
+        "Queues a `ping` event for this subscription alone, whatever its event types: a "
+        "delivery like any other (signed, retried, listed in /v1/deliveries). 409 when the "
+        "subscription is disabled."
+    )
     statuses = {"enum": list(deliveries.STATUSES)}
     table.add(
         "get", "/v1/deliveries", "list_deliveries", "Callback deliveries, newest first",

@@ -1,4 +1,10 @@
-"""Standing callback endpoints: `/v1/subscriptions` (DESIGN §3, §5)."""
+"""Standing callback endpoints: `/v1/subscriptions` (DESIGN §3, §5).
+
+`POST /v1/subscriptions/{id}/test` sends that subscription a `ping` through the normal
+delivery path (an outbox row, signed, retried, listed in `/v1/deliveries`) and answers 202
+with the delivery's id. A ping goes to that subscription alone, whatever its event types,
+so it is not one of the types a subscription can ask for.
+"""
 
 import uuid
 from datetime import timedelta
@@ -10,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 from service import jobs
 from service.api.auth import authenticate
 from service.api.http import error, read_json_object, services
+from service.callbacks import message_id
+from service.events import PING, record_ping
 from service.models import Delivery, Subscription
 from service.signing import new_subscription_secret
 from service.targets import TargetInvalid, target_url
@@ -42,6 +50,8 @@ def _events(body: dict) -> list[str]:
     value = body["events"]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise error(422, "events must be a non-empty list of event types")
+    if PING in value:
+        raise error(422, "ping is not subscribed to: POST /v1/subscriptions/{id}/test sends it")
     unknown = sorted(set(value) - set(SUBSCRIPTION_EVENTS))
     if unknown:
         raise error(422, f"unknown event types {unknown}; known: {list(SUBSCRIPTION_EVENTS)}")
@@ -145,3 +155,16 @@ async def enable(request: Request) -> JSONResponse:
         subscription.failing_since, subscription.updated_at = None, svc.clock.now()
         await svc.signals.after_commit(session, "dispatcher")
     return JSONResponse(subscription_view(subscription))
+
+
+async def send_test(request: Request) -> JSONResponse:
+    """A signed `ping`, delivered like any event; 202 with the delivery to follow."""
+    tenant_id = await authenticate(request)
+    svc = services(request)
+    async with svc.db.write() as session:
+        subscription = await _owned(request, session, tenant_id)
+        if not subscription.enabled:
+            raise error(409, "the subscription is disabled; enable it first")
+        delivery_id = await record_ping(session, svc.signals, subscription, svc.clock.now())
+    sent = {"delivery_id": str(delivery_id), "webhook_id": message_id(delivery_id)}
+    return JSONResponse(sent, status_code=202)

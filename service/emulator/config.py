@@ -61,7 +61,9 @@ class EmulatorConfig(BaseModel):
     @field_validator("latency_s")
     @classmethod
     def _known_models(cls, value):
-        unknown = sorted(set(value) - set(MODELS)) if isinstance(value, dict) else []
+        # An alias route (`image`) runs as its model: its latency is the model's.
+        known = {name for name, spec in MODELS.items() if not spec.alias_of}
+        unknown = sorted(set(value) - known) if isinstance(value, dict) else []
         if unknown:
             raise ValueError(f"unknown model(s): {', '.join(unknown)}")
         return value

@@ -1,5 +1,8 @@
 """BFL's public surface: submit, get_result (global and regional), credits, delivery URLs.
 
+`POST /v1/image`, BFL's 2024 route, is FLUX.1 [pro] (`flux-pro`) under its old name and answers
+as it did then, with the id alone; the task is a `flux-pro` task in every other way.
+
 The order of checks follows BFL's FastAPI stack: route (404), body size (413), JSON (422), API key
 (403), fields (422), then limits (429) and credits (402). Every URL handed out is built from the
 request (host and `root_path`), so the emulator works standalone and mounted under a prefix.
@@ -20,6 +23,8 @@ from service.emulator.images import azure_error, etag
 from service.emulator.ratelimit import RateLimits
 
 MAX_BODY = 32 * 1024 * 1024  # 32 MiB: base64 images up to 20 MB, with room
+# BFL's 2024 routes answered a submit with the id alone (API.md §3.1, the getting-started page).
+ID_ONLY = {"image"}
 SUBMIT_FAULTS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -86,11 +91,13 @@ class PublicRoutes:
         if emulator.draw(emulator.config.submit_5xx):
             status = emulator.rng.choice(sorted(SUBMIT_FAULTS))
             return JSONResponse({"detail": SUBMIT_FAULTS[status]}, status_code=status)
-        task = emulator.admit(key, model, inputs, base_url(request))
+        task = emulator.admit(key, catalog.canonical(model), inputs, base_url(request))
         if emulator.config.webhook_before_response:
             await emulator.finish_before_response(task)
         if emulator.draw(emulator.config.submit_timeout):
             await stall(request, emulator.config.submit_stall_s)
+        if model.name in ID_ONLY:
+            return JSONResponse({"id": task.id})
         return JSONResponse(submit_body(task, base_url(request)))
 
     async def get_result(self, request: Request) -> Response:

@@ -61,6 +61,7 @@ async def test_config_updates_are_partial_and_validated():
             ({"nope": 1}, "nope: unknown key"),
             ({"drop_webhooks": 2}, "drop_webhooks"),
             ({"latency_s": {"flux-9000": 1}}, "unknown model(s): flux-9000"),
+            ({"latency_s": {"image": 1}}, "unknown model(s): image"),  # it runs as flux-pro
             ({"webhook_delay_s": [2, 1]}, "min <= max"),
             ({"dialect": "klingon"}, "dialect"),
             ([1, 2], "JSON object"),

@@ -1,10 +1,12 @@
 """BFL's public routes: submit, get_result, credits, and every error with its exact body."""
 
 import contextlib
+import io
 import uuid
 
 import anyio
 import httpx
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -33,6 +35,24 @@ async def test_flux2_submit_shows_the_cost():
     async with emulator(MANUAL) as emu:
         body = (await emu.submit("flux-2-max", width=256, height=256)).json()
         assert (body["cost"], body["input_mp"], body["output_mp"]) == (7.000000000000001, 0.0, 0.06)
+
+
+async def test_v1_image_is_the_2024_route_of_flux_pro_and_answers_the_id_alone():
+    async with emulator(MANUAL) as emu:
+        response = await emu.submit("image", width=512, height=256)
+        assert response.status_code == 200
+        (task_id,) = response.json().values()
+        assert list(response.json()) == ["id"] and uuid.UUID(task_id).version == 4
+        task = await emu.task(task_id)
+        assert (task["model"], task["cost"]) == ("flux-pro", 5.0)  # FLUX.1 [pro]'s price
+        assert (await emu.poll(task_id))["status"] == "Pending"
+        await emu.finish(task_id)
+        result = await emu.poll(task_id)
+        assert list(result) == RESULT_KEYS and result["status"] == "Ready"
+        image = await emu.http.get(result["result"]["sample"])
+        assert Image.open(io.BytesIO(image.content)).size == (512, 256)
+        refused = await emu.submit("image", width=500)
+        assert refused.json()["detail"][0]["loc"] == ["body", "width"]
 
 
 async def test_every_catalog_model_has_a_route():
