@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench import (
     economy,
+    fairness,
     ingest,
     machine,
     notify,
@@ -25,6 +26,7 @@ from bench import (
     pixels,
     profiling,
     report,
+    scale,
     slots,
     soak,
     streams,
@@ -74,6 +76,15 @@ def measurements(smoke: bool) -> list[Measurement]:
         )
     out.append(Measurement("slots", lambda d, w: slots.measure(plan(slots), d, w)))
     out.append(Measurement("soak", lambda d, w: soak.measure(plan(soak), d, w)))
+    out.append(Measurement("fairness", lambda d, w: fairness.measure(plan(fairness), d, w)))
+    for processes in (1, 2):
+        out.append(
+            Measurement(
+                f"scale_pg_{processes}",
+                lambda d, w, n=processes: scale.measure(plan(scale), d, w, n),
+                needs_postgres=True,
+            )
+        )
     for load in plan(pixels):
         out.append(
             Measurement(f"pixels_{load.rate:g}", lambda d, w, p=load: pixels.measure(p, d, w))
@@ -129,6 +140,8 @@ def shape(smoke: bool) -> report.Shape:
         slots_load=plan(slots).describe(),
         pixel_rates=tuple(load.rate for load in plan(pixels)),
         soak_jobs=plan(soak).jobs,
+        fairness_load=plan(fairness).describe(),
+        scale_rate=plan(scale).rate,
     )
 
 

@@ -53,6 +53,8 @@ class Shape:
     slots_load: str
     pixel_rates: tuple[float, ...]
     soak_jobs: int
+    fairness_load: str
+    scale_rate: float
 
 
 def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
@@ -80,6 +82,10 @@ def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
         ("9. Time to pixels (SQLite; delivery hop: 0.15 s to first byte, 20 MB/s; "
          "1024×768 JPEG; from the emulator's terminal event)",
          [row for rate in shape.pixel_rates for row in _pixel_rows(rate)]),
+        (f"10. Fair share (tenant B's queue wait, accepted → submitted upstream; "
+         f"{shape.fairness_load}; SQLite)", _fairness_rows()),
+        (f"11. Scale-out (PostgreSQL: `serve` with WEB_CONCURRENCY=N, plus one `worker`; offered "
+         f"{shape.scale_rate:g} jobs/s; CPU of every fluxhook process)", _scale_rows()),
     ]  # fmt: skip
 
 
@@ -229,6 +235,32 @@ def _slots_rows() -> list[Row]:
         Row("  get_result per lost webhook, at the last submit", "slots",
             "without_polls_per_lost", "calls"),
     ]  # fmt: skip
+
+
+def _fairness_rows() -> list[Row]:
+    return [
+        Row("fair (round-robin): B's queue wait p50", "fairness", "fair_wait_p50_ms", "ms"),
+        Row("fair (round-robin): B's queue wait p99", "fairness", "fair_wait_p99_ms", "ms"),
+        Row("before: fifo, B's queue wait p50", "fairness", "fifo_wait_p50_ms", "ms"),
+        Row("before: fifo, B's queue wait p99", "fairness", "fifo_wait_p99_ms", "ms"),
+    ]
+
+
+def _scale_rows() -> list[Row]:
+    out = []
+    for processes in (1, 2):
+        source, n = f"scale_pg_{processes}", f"N={processes}"
+        out += [
+            Row(f"{n}: sustained jobs/s", source, "sustained_per_s", "/s"),
+            Row(f"{n}: CPU per job", source, "cpu_ms_per_job", "ms"),
+            Row(f"{n}: SSE client gets job.ready, p50", source, "sse_p50_ms", "ms"),
+            Row(f"{n}: SSE client gets job.ready, p99", source, "sse_p99_ms", "ms"),
+            Row(f"{n}: subscriber gets job.ready, p50", source, "callback_p50_ms", "ms"),
+            Row(f"{n}: subscriber gets job.ready, p99", source, "callback_p99_ms", "ms"),
+        ]
+    out.append(Row("N=2: busiest serve process's share of their CPU", "scale_pg_2",
+                   "busiest_serve_share", "%"))  # fmt: skip
+    return out
 
 
 def _economy_rows(latencies: tuple[float, ...]) -> list[Row]:

@@ -31,7 +31,14 @@ class NotMigrated(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxhook", description="Push, not polling, for BFL.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser("serve", help="run the web app (and the loops unless RUN_WORKERS=false)")
+    serve = verbs.add_parser(
+        "serve",
+        help="run the web app (and the loops unless RUN_WORKERS=false); "
+        "WEB_CONCURRENCY processes on PostgreSQL",
+    )
+    # Given by `serve` itself to its children when WEB_CONCURRENCY > 1 (service.supervisor).
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     verbs.add_parser("worker", help="run only the background loops")
     verbs.add_parser("migrate", help="upgrade the database schema to the latest migration")
     emulator = verbs.add_parser("emulator", help="run the local BFL emulator")
@@ -107,15 +114,30 @@ async def _until_signal() -> None:
             return
 
 
-def run_serve(_args) -> int:
+def run_serve(args) -> int:
     from service import logs
-    from service.app import create_app
-    from service.server import serve
 
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
+    if args.listen_fd is not None:
+        return _serve_supervised(settings, args.listen_fd, args.parent_fd)
     _require_schema(settings)
     sock = _listen(settings.host, settings.port)
+    if settings.web_concurrency > 1:
+        from service.supervisor import supervise
+
+        count = settings.web_concurrency
+        banner = f"fluxhook on {settings.public_url} ({count} serve processes)"
+        _announce(settings, banner, url=settings.public_url, processes=count)
+        return supervise(sock, count)
+    return _serve_one(settings, sock)
+
+
+def _serve_one(settings: Settings, sock: socket.socket) -> int:
+    """WEB_CONCURRENCY=1: this process serves."""
+    from service.app import create_app
+    from service.server import serve
+
     dev_key = anyio.run(_dev_key, settings) if settings.emulator_mode else None
     app = create_app(settings)
     _announce(settings, f"fluxhook on {settings.public_url}", url=settings.public_url)
@@ -130,6 +152,24 @@ def run_serve(_args) -> int:
         drained.begin(getattr(app.state, "services", None))
 
     anyio.run(serve, app, sock, shutdown_trigger)
+    drained.report()
+    return 0
+
+
+def _serve_supervised(settings: Settings, listen_fd: int, parent_fd: int) -> int:
+    """One of WEB_CONCURRENCY serve processes, on the socket its supervisor bound."""
+    from service.app import create_app
+    from service.supervisor import serve_child
+
+    app = create_app(settings)
+    drained = Drained()
+    sock, parent = socket.socket(fileno=listen_fd), socket.socket(fileno=parent_fd)
+
+    def on_stop() -> None:
+        drained.begin(getattr(app.state, "services", None))
+
+    with parent:
+        anyio.run(serve_child, app, sock, parent, on_stop)
     drained.report()
     return 0
 

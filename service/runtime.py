@@ -125,6 +125,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
             metrics=svc.metrics,
             limits=limits,
             slack_s=s.reconcile_slack_s,
+            order=s.admission_order,
         ),
         svc.fetcher,
         Dispatcher(

@@ -157,11 +157,40 @@ def _metrics_key(environ: Mapping[str, str]) -> str | None:
     return value or None
 
 
+ADMISSION_ORDERS = ("fair", "fifo")
+
+
+def _admission_order(environ: Mapping[str, str]) -> str:
+    """`fair` (round-robin across tenants) or `fifo` (one queue by age, as before fairness)."""
+    value = (environ.get("ADMISSION_ORDER") or "fair").strip().lower()
+    if value not in ADMISSION_ORDERS:
+        raise SettingsError(f"ADMISSION_ORDER must be fair or fifo, not {value!r}")
+    return value
+
+
 def _retention_days(environ: Mapping[str, str]) -> float:
     days = _number(environ, "RETENTION_DAYS", 30.0, float)
     if not math.isfinite(days):
         raise SettingsError("RETENTION_DAYS must be a number of days (0 keeps everything)")
     return days
+
+
+def _web_concurrency(environ: Mapping[str, str], database_url: str, embedded_upstream: bool) -> int:
+    """How many `serve` processes share $PORT: several only on PostgreSQL, with a real upstream."""
+    count = _at_least_one(environ, "WEB_CONCURRENCY", 1)
+    if count > 1 and not database_url.startswith("postgresql"):
+        raise SettingsError(
+            f"WEB_CONCURRENCY must be 1 on SQLite, not {count}: several serve processes need "
+            "PostgreSQL (DATABASE_URL)"
+        )
+    if count > 1 and embedded_upstream:
+        # Each process would hold its own emulator: a task submitted through one is unknown
+        # to the others, so its image download or poll would miss.
+        raise SettingsError(
+            f"WEB_CONCURRENCY must be 1 in emulator mode, not {count}: set BFL_API_KEY, or run "
+            "`fluxhook emulator` and point BFL_API_URL at it"
+        )
+    return count
 
 
 @dataclass(frozen=True)
@@ -179,6 +208,9 @@ class Settings:
     bfl_timeout_s: float = 30.0
     tenant_max_active: int | None = None  # upstream slots one tenant may hold; None: all
     tenant_max_queued: int | None = None  # jobs one tenant may have waiting; None: no cap
+    # Free slots go round-robin across tenants (fair) or to the oldest waiting job (fifo: the
+    # order before fair admission; for comparisons).
+    admission_order: str = "fair"
     run_workers: bool = True
     allow_private_targets: bool = False
     log_format: str = "text"
@@ -199,6 +231,7 @@ class Settings:
     sse_heartbeat_s: float = 15.0  # PaaS routers cut a stream idle for 55 s
     # When set, /metrics needs `Authorization: Bearer <metrics_key>`. Kept out of repr().
     metrics_key: str | None = field(default=None, repr=False)
+    web_concurrency: int = 1  # `serve` processes sharing $PORT (PostgreSQL only)
 
     @property
     def emulator_mode(self) -> bool:
@@ -219,20 +252,24 @@ class Settings:
             public_url + EMULATOR_PREFIX if bfl_api_key is None else DEFAULT_BFL_API_URL
         )
         on_paas = "DYNO" in env
+        database_url = normalise_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+        bfl_api_url = (env.get("BFL_API_URL") or default_upstream).rstrip("/")
+        embedded_upstream = bfl_api_key is None and bfl_api_url == public_url + EMULATOR_PREFIX
         return cls(
-            database_url=normalise_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            database_url=database_url,
             port=port,
             host=_host(env),
             public_url=public_url,
             secret_keys=_list(env, "SECRET_KEY"),
             bfl_api_key=bfl_api_key,
-            bfl_api_url=(env.get("BFL_API_URL") or default_upstream).rstrip("/"),
+            bfl_api_url=bfl_api_url,
             bfl_poll_hosts=tuple(_poll_host_url(h) for h in _list(env, "BFL_POLL_HOSTS")),
             bfl_max_active=_number(env, "BFL_MAX_ACTIVE", 24),
             bfl_max_active_kontext_max=_number(env, "BFL_MAX_ACTIVE_KONTEXT_MAX", 6),
             bfl_timeout_s=_number(env, "BFL_TIMEOUT_S", 30.0, float),
             tenant_max_active=_optional_cap(env, "TENANT_MAX_ACTIVE"),
             tenant_max_queued=_optional_cap(env, "TENANT_MAX_QUEUED"),
+            admission_order=_admission_order(env),
             run_workers=_bool(env, "RUN_WORKERS", True),
             allow_private_targets=_bool(env, "ALLOW_PRIVATE_TARGETS", bfl_api_key is None),
             log_format=_log_format(env, on_paas),
@@ -250,6 +287,7 @@ class Settings:
             image_fetch_timeout_s=_number(env, "IMAGE_FETCH_TIMEOUT_S", 30.0, float),
             sse_heartbeat_s=_number(env, "SSE_HEARTBEAT_S", 15.0, float),
             metrics_key=_metrics_key(env),
+            web_concurrency=_web_concurrency(env, database_url, embedded_upstream),
         )
 
 

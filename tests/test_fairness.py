@@ -116,10 +116,48 @@ async def _post(client: httpx.AsyncClient, prompt: str) -> httpx.Response:
     return await client.post(f"/v1/{FAST_MODEL}", json={"prompt": prompt, **SMALL})
 
 
-async def test_tenant_max_active_caps_one_tenants_upstream_slots(database_url):
+async def test_fifo_order_serves_a_second_tenant_after_every_earlier_job(database_url):
+    """ADMISSION_ORDER=fifo, the order before fair admission (kept for the benchmark): one
+    queue by age, so B's jobs go upstream after all of A's that came before them."""
     async with (
         running_emulator(manual=True) as emulator,
-        running_stack(database_url, emulator, tenant_max_active=2) as stack,
+        running_stack(database_url, emulator, bfl_max_active=2, admission_order="fifo") as stack,
+    ):
+        headers = {"x-key": await stack.new_key("tenant-b")}
+        async with httpx.AsyncClient(base_url=stack.url, headers=headers) as tenant_b:
+            # A's first alone, so that no two of A's are submitted concurrently.
+            assert (await _post(stack.client, "a 00")).status_code == 200
+            await wait_for(lambda: _prompts_at_bfl(emulator, "a "))
+            for i in range(1, 12):
+                assert (await _post(stack.client, f"a {i:02d}")).status_code == 200
+            for i in range(2):
+                assert (await _post(tenant_b, f"b {i}")).status_code == 200
+            order = await _started_one_slot_at_a_time(emulator, count=14, slots=2)
+    assert order == [f"a {i:02d}" for i in range(12)] + ["b 0", "b 1"]
+
+
+async def _started_one_slot_at_a_time(emulator, count: int, slots: int) -> list[str]:
+    """The prompts in the order BFL got them. Once the slots are full, the oldest running
+    task finishes, so each admission has exactly one slot to give."""
+    for expected in range(slots, count + 1):
+
+        async def started(expected=expected) -> list[dict] | None:
+            tasks = await emulator.tasks()
+            return tasks if len(tasks) >= expected else None
+
+        tasks = sorted(await wait_for(started), key=lambda task: task["created_at"])
+        if expected < count:
+            running = [task for task in tasks if task["finished_at"] is None]
+            await emulator.finish(running[0]["id"])
+    return [task["prompt"] for task in tasks]
+
+
+@pytest.mark.parametrize("order", ["fair", "fifo"])
+async def test_tenant_max_active_caps_one_tenants_upstream_slots(database_url, order):
+    caps = {"tenant_max_active": 2, "admission_order": order}
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(database_url, emulator, **caps) as stack,
     ):
         headers = {"x-key": await stack.new_key("tenant-b")}
         async with httpx.AsyncClient(base_url=stack.url, headers=headers) as tenant_b:
@@ -138,6 +176,28 @@ async def test_tenant_max_active_caps_one_tenants_upstream_slots(database_url):
 
             await wait_for(a_third_started)
             assert [t["prompt"] for t in await _prompts_at_bfl(emulator, "a ")][2] == "a 2"
+
+
+@pytest.mark.parametrize("order", ["fair", "fifo"])
+async def test_the_kontext_max_sub_limit_holds_in_either_order(database_url, order):
+    limits = {"bfl_max_active_kontext_max": 1, "admission_order": order}
+    async with (
+        running_emulator(manual=True) as emulator,
+        running_stack(database_url, emulator, **limits) as stack,
+    ):
+        for i in range(2):
+            await stack.submit("flux-kontext-max", prompt=f"max {i}")
+        await stack.submit(FAST_MODEL, prompt="fast 0", **SMALL)
+        # The fast job came last: once it is upstream, admission has passed over max 1.
+        await wait_for(lambda: _prompts_at_bfl(emulator, "fast "))
+        [first] = await _prompts_at_bfl(emulator, "max ")
+        assert first["prompt"] == "max 0"
+        await emulator.finish(first["id"])
+
+        async def second_started() -> bool:
+            return len(await _prompts_at_bfl(emulator, "max ")) == 2
+
+        await wait_for(second_started)
 
 
 async def test_tenant_max_queued_answers_429_only_to_the_tenant_over_it(database_url):

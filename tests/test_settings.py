@@ -70,3 +70,11 @@ def test_hosts_and_public_urls_that_are_fine():
     assert settings.host == "::" and settings.public_url == "https://fluxhook.example.com:8443/base"
     assert Settings.from_env({"HOST": "localhost"}).host == "localhost"
     assert Settings.from_env({}).host == "0.0.0.0"  # noqa: S104 - the default, checked
+
+
+def test_admission_order_is_fair_unless_set_to_fifo():
+    assert Settings.from_env({}).admission_order == "fair"
+    assert Settings.from_env({"ADMISSION_ORDER": " FIFO "}).admission_order == "fifo"
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"ADMISSION_ORDER": "lifo"})
+    assert str(refused.value) == "ADMISSION_ORDER must be fair or fifo, not 'lifo'"

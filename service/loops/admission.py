@@ -1,6 +1,8 @@
 """Admission: at most BFL_MAX_ACTIVE upstream tasks (6 for flux-kontext-max), counted in the
 database so the limit holds across processes. Queued jobs go out as slots free, round-robin
-across the tenants with waiting jobs and FIFO within a tenant (`round_robin_query`).
+across the tenants with waiting jobs and FIFO within a tenant (`admission_query`); with
+ADMISSION_ORDER=fifo, oldest first across all tenants (the order before fair admission, kept
+so a benchmark can compare the two in one run).
 
 A claimed job holds its slot (`holds_slot`) from the claim until BFL is done with it. Outcomes
 of a submit (DESIGN §4):
@@ -56,6 +58,7 @@ UNKNOWN_LATENCY_S = 30.0  # a model the catalog does not know: assume a slow one
 # 4 s, the slots keep up only while a lost webhook's slot comes back within ~6 s of submit.
 EARLY_CHECK_SLACK_S = 2.0
 RECONCILER = "reconciler"  # the loop woken when jobs start waiting for slots
+FAIR, FIFO = "fair", "fifo"  # ADMISSION_ORDER: round-robin across tenants, or oldest first
 
 
 @dataclass(frozen=True)
@@ -91,16 +94,21 @@ async def jobs_wait_for_slots(session, now: datetime) -> bool:
     return (await session.exec(query)).first() is not None
 
 
-def round_robin_query(now: datetime, free: int, *, kontext_allowed: bool, per_tenant: int | None):
-    """The next `free` waiting jobs, round-robin across tenants (DESIGN §4).
+def admission_query(
+    now: datetime, free: int, *, order: str, kontext_allowed: bool, per_tenant: int | None
+):
+    """The next `free` waiting jobs: round-robin across tenants (`FAIR`, DESIGN §4) or oldest
+    first across all of them (`FIFO`).
 
-    Each tenant's waiting jobs are ranked FIFO; every tenant's first goes before any tenant's
-    second, and so on. Among tenants, the one served least recently goes first: the latest
-    admission among its jobs holding slots (none held: it goes before all that hold some),
-    then the oldest waiting job. So one free slot at a time still rotates across tenants,
-    and a tenant alone gets every slot. It is all read from the database, so the rotation
-    holds across claims and processes; the caller holds the admission lock. With
-    `per_tenant` (TENANT_MAX_ACTIVE), a job that would take the tenant past it stays queued."""
+    Fair: each tenant's waiting jobs are ranked FIFO; every tenant's first goes before any
+    tenant's second, and so on. Among tenants, the one served least recently goes first: the
+    latest admission among its jobs holding slots (none held: it goes before all that hold
+    some), then the oldest waiting job. So one free slot at a time still rotates across
+    tenants, and a tenant alone gets every slot. It is all read from the database, so the
+    rotation holds across claims and processes; the caller holds the admission lock. Under
+    either order, with `per_tenant` (TENANT_MAX_ACTIVE), a job that would take the tenant past
+    it stays queued."""
+    assert order in (FAIR, FIFO), order
     waiting = sa.select(
         Job.id.label("job_id"),
         func.row_number()
@@ -121,16 +129,17 @@ def round_robin_query(now: datetime, free: int, *, kontext_allowed: bool, per_te
         .group_by(Job.tenant_id)
         .subquery("held")
     )
+    round_robin = (
+        waiting.c.rank,
+        held.c.last_admitted_at.asc().nulls_first(),
+        waiting.c.head_created_at,
+        Job.tenant_id,
+    )
     query = (
         select(Job)
         .join(waiting, waiting.c.job_id == Job.id)
         .outerjoin(held, held.c.tenant_id == Job.tenant_id)
-        .order_by(
-            waiting.c.rank,
-            held.c.last_admitted_at.asc().nulls_first(),
-            waiting.c.head_created_at,
-            Job.tenant_id,
-        )
+        .order_by(*(round_robin if order == FAIR else (Job.created_at, Job.id)))
         .limit(free)
         # Window functions rule out FOR UPDATE on the subquery: lock only the jobs rows.
         .with_for_update(of=Job, skip_locked=True)
@@ -157,12 +166,14 @@ class Admission(Loop):
         commits: GroupCommit,
         slack_s: float = 30.0,
         rng: random.Random | None = None,
+        order: str = FAIR,
     ) -> None:
         super().__init__(signals)
         self.db, self.clock, self.bfl, self.signing = db, clock, bfl, signing
         self.urls, self.metrics, self.limits = urls, metrics, limits
         self.slack_s = slack_s
         self.commits = commits
+        self.order = order
         # A submit is over within BFL_TIMEOUT_S; a lease twice that (plus slack) outlives
         # it and the outcome's commit, so only a process that died leaves it to run out.
         self.submit_lease = timedelta(seconds=2 * bfl.timeout_s + slack_s)
@@ -215,8 +226,12 @@ class Admission(Loop):
         free_kontext = self.limits.kontext_max - used.get(KONTEXT_MAX, 0)
         if free <= 0:
             return []
-        query = round_robin_query(
-            now, free, kontext_allowed=free_kontext > 0, per_tenant=self.limits.per_tenant
+        query = admission_query(
+            now,
+            free,
+            order=self.order,
+            kontext_allowed=free_kontext > 0,
+            per_tenant=self.limits.per_tenant,
         )
         admitted = []
         for job in (await session.exec(query)).all():
