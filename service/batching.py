@@ -24,9 +24,13 @@ Apply = Callable[[AsyncSession, list], Awaitable[list]]
 
 
 class GroupCommit(Generic[Item, Result]):
-    def __init__(self, db: Database, apply: Apply, max_items: int = 256) -> None:
-        """`apply(session, items)` makes the changes and returns one result per item."""
+    def __init__(
+        self, db: Database, apply: Apply, max_items: int = 256, urgent: bool = False
+    ) -> None:
+        """`apply(session, items)` makes the changes and returns one result per item;
+        `urgent` batches take SQLite's writer ahead of ordinary writers (`Database.write`)."""
         self._db = db
+        self._urgent = urgent
         self._apply = apply
         self._max_items = max_items
         self._queue: list[tuple[Item, asyncio.Future]] = []
@@ -69,7 +73,7 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _commit(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         try:
-            async with self._db.write() as session:
+            async with self._db.write(urgent=self._urgent) as session:
                 results = await self._apply(session, [item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:

@@ -8,12 +8,14 @@ session and never commit.
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service import sqlite_inline
 from service.settings import Settings
 
 # 30 s: how long a SQLite writer waits for the lock before "database is locked".
@@ -33,7 +35,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
     engine = create_async_engine(
         settings.database_url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        connect_args={
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            "async_creator_fn": sqlite_inline.connect,
+        },
         pool_size=settings.db_pool_size,
         max_overflow=10,
     )
@@ -68,6 +73,48 @@ def on_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     session.info.setdefault(AFTER_COMMIT, []).append(callback)
 
 
+class WriterTurns:
+    """SQLite's single writer, taken in turn by this process's writers, FIFO, except that an
+    urgent writer (a BFL webhook's transaction: someone is waiting for its event) goes before
+    every ordinary one still waiting (admission, image stores, delivery outcomes…)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: dict[bool, deque[asyncio.Future]] = {True: deque(), False: deque()}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, urgent: bool = False) -> AsyncIterator[None]:
+        if self._busy:
+            await self._wait(urgent)
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    async def _wait(self, urgent: bool) -> None:
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting[urgent].append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._pass_on()  # handed the turn as it was cancelled: hand it on
+            else:
+                self._waiting[urgent].remove(turn)
+            raise
+
+    def _pass_on(self) -> None:
+        """The writer is done: the next waiter (urgent ones first) gets the turn."""
+        for queue in (self._waiting[True], self._waiting[False]):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # `_busy` stays set: the turn passes directly
+                    return
+        self._busy = False
+
+
 class Database:
     """The one shared state: sessions for reading and for writing."""
 
@@ -80,12 +127,14 @@ class Database:
         # SQLite has one writer at a time. Queueing this process's writers here, instead of
         # letting them contend for the file lock, avoids sqlite3's busy handler, which waits
         # in sleeps of up to 100 ms: throughput collapses under contention without this.
-        self._writers = contextlib.nullcontext() if self.is_postgres else asyncio.Lock()
+        self._writers = None if self.is_postgres else WriterTurns()
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction: committed on exit, rolled back on error, then after-commit hooks."""
-        async with self._writers, self._write() as session:
+    async def write(self, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed on exit, rolled back on error, then after-commit hooks.
+        `urgent`: on SQLite, ahead of this process's other waiting writers (see WriterTurns)."""
+        turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
+        async with turn, self._write() as session:
             async with session.begin():
                 yield session
                 for hook in session.info.pop(BEFORE_COMMIT, {}).values():

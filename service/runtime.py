@@ -220,7 +220,8 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         metrics=Metrics(),
         keys=KeyCache(),
     )
-    svc.job_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock))
+    # Urgent: BFL's webhooks are applied here, and someone waits for their events.
+    svc.job_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock), urgent=True)
     svc.submit_commits = GroupCommit(db, functools.partial(compat.create_jobs, svc))
     return svc
 

@@ -103,3 +103,60 @@ async def test_a_caller_cancelled_while_waiting_makes_no_change(db):
 async def _cancel_soon(scope: anyio.CancelScope) -> None:
     await anyio.wait_all_tasks_blocked()
     scope.cancel()
+
+
+async def test_an_urgent_writer_goes_before_ordinary_writers_already_waiting(sqlite_url):
+    """SQLite: while one writer holds the turn, an ordinary writer queues, then an urgent
+    one (a webhook's transaction): the urgent one writes next."""
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
+    order, release = [], anyio.Event()
+
+    async def write(name: str, urgent: bool = False, hold: bool = False) -> None:
+        async with db.write(urgent=urgent) as session:
+            order.append(name)
+            session.add(AppSecret(name=name, value=name))
+            if hold:
+                await release.wait()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, "holder", False, True)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(write, "ordinary")
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(write, "urgent", True)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+        assert order == ["holder", "urgent", "ordinary"]
+        assert await _names(db) == {"holder", "ordinary", "urgent"}
+    finally:
+        await db.dispose()
+
+
+async def test_a_writer_cancelled_while_waiting_gives_up_its_turn(sqlite_url):
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
+    release = anyio.Event()
+
+    async def holder() -> None:
+        async with db.write():
+            await release.wait()
+
+    async def waiter(name: str) -> None:
+        async with db.write() as session:
+            session.add(AppSecret(name=name, value=name))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as doomed:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(waiter, "cancelled")
+                    await anyio.wait_all_tasks_blocked()
+                    doomed.cancel()
+            tg.start_soon(waiter, "after")
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+        assert await _names(db) == {"after"}
+    finally:
+        await db.dispose()

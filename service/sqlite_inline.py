@@ -1,0 +1,138 @@
+"""SQLite calls that cannot wait run on the event loop; the rest go to aiosqlite's thread.
+
+aiosqlite runs every call (cursor, execute, fetch, close) in its connection's thread and wakes
+the event loop with the answer: four thread round trips per statement, a dozen statements per
+webhook. Each costs more CPU than the statement itself, and under load each also waits for the
+GIL, so a webhook's transaction took milliseconds to do microseconds of work.
+
+Most calls can never wait, though. In WAL mode readers take no locks that writers hold, and a
+transaction that began with BEGIN IMMEDIATE already holds the write lock: nothing inside it
+waits for another connection. So those statements run inline, on the loop's thread. What may
+wait goes to the thread as before:
+
+- taking the write lock (`BEGIN IMMEDIATE`: another process may hold it, up to the busy
+  timeout), and any statement outside a transaction (connect-time pragmas, migrations);
+- committing a transaction that wrote (the WAL append, and the occasional checkpoint's I/O);
+- a write inside a read transaction (it would have to take the lock), `executescript`,
+  closing, and a statement carrying a large blob (an image being stored).
+
+The rules look only at what SQLAlchemy asks aiosqlite to do, so the ORM and Core above are
+unchanged; `sqlite3` calls are never concurrent on one connection (SQLAlchemy awaits each).
+"""
+
+import sqlite3
+from collections.abc import Callable
+
+import aiosqlite
+
+BIG_PARAMETER_BYTES = 64 * 1024  # a blob this size is an image: its copy runs in the thread
+FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "close"})
+
+
+class InlineConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose non-waiting calls run on the caller's thread."""
+
+    _holds_write_lock = False  # the open transaction began with BEGIN IMMEDIATE
+    _changes_at_begin = 0
+    busy_timeout_ms = 5000  # sqlite3's default; `connect` sets the caller's
+
+    async def _execute(self, fn, *args, **kwargs):
+        conn = self._connection
+        if conn is not None and self._running:
+            if self._inline(conn, fn, args):
+                return fn(*args, **kwargs)
+            if _takes_the_write_lock(fn, args) and self._took_it_at_once(conn, fn, args):
+                return fn.__self__
+        result = await super()._execute(fn, *args, **kwargs)
+        if conn is not None:
+            self._note_begin(conn, fn, args)
+        return result
+
+    def _inline(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> bool:
+        name, owner = getattr(fn, "__name__", ""), getattr(fn, "__self__", None)
+        if owner is conn:
+            if name == "cursor" or name == "rollback":
+                return True
+            return name == "commit" and conn.total_changes == self._changes_at_begin
+        if not isinstance(owner, sqlite3.Cursor):
+            return False
+        if name in FETCHES:
+            return True
+        if name not in ("execute", "executemany") or not args:
+            return False  # executescript, or something new: the thread
+        return self._statement_inline(conn, args[0], args[1:])
+
+    def _statement_inline(self, conn: sqlite3.Connection, sql: str, params: tuple) -> bool:
+        head = sql.lstrip()[:24].upper()
+        if head.startswith("BEGIN"):
+            inline = head.split()[:2] == ["BEGIN"]  # deferred: takes no lock
+            if inline:
+                self._began(conn, writes=False)
+            return inline
+        if not conn.in_transaction or head.startswith(("COMMIT", "END")):
+            return False
+        if _carries_a_big_blob(params):
+            return False
+        return self._holds_write_lock or head.startswith("SELECT")
+
+    def _took_it_at_once(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> bool:
+        """BEGIN IMMEDIATE, inline without waiting: it succeeds unless another connection
+        holds the write lock (then the thread takes it, waiting up to the busy timeout)."""
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            fn(*args)
+        except sqlite3.OperationalError:
+            return False  # locked (or anything else: the thread's attempt says what)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        self._began(conn, writes=True)
+        return True
+
+    def _note_begin(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> None:
+        """After a call in the thread: a BEGIN IMMEDIATE that succeeded holds the lock."""
+        if getattr(fn, "__name__", "") == "execute" and args and isinstance(args[0], str):
+            head = args[0].lstrip()[:24].upper().split()[:2]
+            if head[:1] == ["BEGIN"] and conn.in_transaction:
+                self._began(conn, writes=head[1:] in (["IMMEDIATE"], ["EXCLUSIVE"]))
+
+    def _began(self, conn: sqlite3.Connection, *, writes: bool) -> None:
+        self._holds_write_lock = writes
+        self._changes_at_begin = conn.total_changes
+
+
+def _takes_the_write_lock(fn: Callable, args: tuple) -> bool:
+    if getattr(fn, "__name__", "") != "execute" or not args or not isinstance(args[0], str):
+        return False
+    return args[0].lstrip()[:24].upper().split()[:2] == ["BEGIN", "IMMEDIATE"]
+
+
+def _carries_a_big_blob(params: tuple) -> bool:
+    """`params`: what followed the SQL (one row of parameters, or executemany's rows)."""
+    for group in params:
+        rows = group if isinstance(group, list) else [group]
+        for row in rows:
+            if isinstance(row, dict):
+                values = row.values()
+            else:
+                values = row if isinstance(row, (tuple, list)) else (row,)
+            if any(_is_big(value) for value in values):
+                return True
+    return False
+
+
+def _is_big(value) -> bool:
+    return isinstance(value, (bytes, memoryview)) and len(value) > BIG_PARAMETER_BYTES
+
+
+def connect(database, *, iter_chunk_size: int = 64, **kwargs) -> InlineConnection:
+    """`aiosqlite.connect`, returning an `InlineConnection` (for SQLAlchemy's
+    `async_creator_fn`). The connection is used from two threads, never at once."""
+    kwargs["check_same_thread"] = False
+
+    def connector() -> sqlite3.Connection:
+        return sqlite3.connect(str(database), **kwargs)
+
+    connection = InlineConnection(connector, iter_chunk_size)
+    connection.busy_timeout_ms = int(1000 * kwargs.get("timeout", 5.0))
+    connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
+    return connection
