@@ -148,6 +148,17 @@ class StagedEvent:
 EVENTS = JobEvent.__table__
 DELIVERIES = Delivery.__table__
 SUBSCRIPTIONS = Subscription.__table__
+# The outbox's statements, built once (each caches its own cache key: no walk per event).
+INSERT_EVENTS = sa.insert(EVENTS).returning(EVENTS.c.seq)
+INSERT_DELIVERIES = sa.insert(DELIVERIES)
+SUBSCRIBERS = sa.select(SUBSCRIPTIONS).where(
+    SUBSCRIPTIONS.c.tenant_id.in_(sa.bindparam("tenants", expanding=True)),
+    SUBSCRIPTIONS.c.enabled,
+    or_(
+        SUBSCRIPTIONS.c.job_id.is_(None),
+        SUBSCRIPTIONS.c.job_id.in_(sa.bindparam("jobs", expanding=True)),
+    ),
+)
 
 
 async def _insert_events(session: AsyncSession, events: list[StagedEvent]) -> None:
@@ -159,7 +170,7 @@ async def _insert_events(session: AsyncSession, events: list[StagedEvent]) -> No
     # Rows of one multi-row INSERT draw ascending sequence numbers in the order given, so the
     # sorted numbers match the rows (asking SQLAlchemy to keep parameter order instead makes
     # it insert row by row on SQLite).
-    inserted = await session.exec(sa.insert(EVENTS).returning(EVENTS.c.seq), params=rows)
+    inserted = await session.exec(INSERT_EVENTS, params=rows)
     seqs = sorted(inserted.scalars().all())
     for event, seq in zip(events, seqs, strict=True):
         event.seq = seq
@@ -171,14 +182,10 @@ async def _add_deliveries(
     """The outbox rows: one per (event, enabled subscription that asked for its type). With
     a dispatcher in this process (`handoff`) that has room, they are leased to it here and
     handed over once the transaction commits: the callback leaves without a claim."""
-    tenants = {event.tenant_id for event in events}
-    jobs = {event.job_id for event in events if event.job_id}
-    query = sa.select(SUBSCRIPTIONS).where(
-        SUBSCRIPTIONS.c.tenant_id.in_(tenants),
-        SUBSCRIPTIONS.c.enabled,
-        or_(SUBSCRIPTIONS.c.job_id.is_(None), SUBSCRIPTIONS.c.job_id.in_(jobs)),
-    )
-    subscriptions = (await session.exec(query)).all()
+    tenants = sorted({event.tenant_id for event in events})
+    jobs = sorted({event.job_id for event in events if event.job_id})
+    params = {"tenants": tenants, "jobs": jobs}
+    subscriptions = (await session.exec(SUBSCRIBERS, params=params)).all()
     owed = [(e, s) for e in events for s in subscriptions if _wants(s, e)]
     if not owed:
         return 0
@@ -190,7 +197,7 @@ async def _add_deliveries(
          "created_at": now, "lease_expires_at": lease}
         for (event, subscription), lease in zip(owed, leases, strict=True)
     ]  # fmt: skip
-    await session.exec(sa.insert(DELIVERIES), params=rows)
+    await session.exec(INSERT_DELIVERIES, params=rows)
     leased = zip(rows, owed, strict=True)
     handed = [(row, s, e) for row, (e, s) in leased if row["lease_expires_at"] is not None]
     if handed:

@@ -6,6 +6,7 @@ has the same attributes as `Job`, so `jobs.transition`, `updates.apply_update` a
 statement per shape of change.
 """
 
+import functools
 import uuid
 from collections import defaultdict
 
@@ -15,6 +16,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from service.models import Job
 
 JOBS = Job.__table__
+# Built once: a statement object caches its own cache key, so SQLAlchemy finds the compiled
+# form without walking the statement again on every webhook.
+LOCK_JOBS = (
+    sa.select(JOBS)
+    .where(JOBS.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(JOBS.c.id)
+    .with_for_update()
+)
 
 
 class JobRecord:
@@ -32,8 +41,7 @@ class JobRecord:
 
 async def lock_jobs(session: AsyncSession, ids) -> dict[uuid.UUID, JobRecord]:
     """The jobs with these ids, locked for this transaction (in id order: no deadlocks)."""
-    query = sa.select(JOBS).where(JOBS.c.id.in_(sorted(ids))).order_by(JOBS.c.id)
-    rows = (await session.exec(query.with_for_update())).mappings().all()
+    rows = (await session.exec(LOCK_JOBS, params={"ids": sorted(ids)})).mappings().all()
     return {row["id"]: JobRecord(row) for row in rows}
 
 
@@ -45,9 +53,14 @@ async def write_changes(session: AsyncSession, records) -> None:
             shape = tuple(sorted(changes))
             by_shape[shape].append({"job": record.id} | {f"v_{k}": v for k, v in changes.items()})
     for shape, params in by_shape.items():
-        values = {name: sa.bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in shape}
-        update = sa.update(JOBS).where(JOBS.c.id == sa.bindparam("job")).values(values)
-        await session.exec(update, params=params)
+        await session.exec(_update_of(shape), params=params)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_of(shape: tuple[str, ...]) -> sa.Update:
+    """The UPDATE for one set of changed columns (few shapes recur: built once each)."""
+    values = {name: sa.bindparam(f"v_{name}", type_=JOBS.c[name].type) for name in shape}
+    return sa.update(JOBS).where(JOBS.c.id == sa.bindparam("job")).values(values)
 
 
 async def act_on_jobs(session: AsyncSession, items: list, now) -> list:

@@ -7,6 +7,7 @@ whose image never arrives ends `Error` later: its count (and cost) moves from `R
 day it was Ready to `Error` on the day it failed, so every job counts once.
 """
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -31,15 +32,23 @@ async def count_final(session: AsyncSession, job: Job, event_type: str, now: dat
 
 
 async def _add(session, tenant_id, day: date, model: str, status: str, count: int, cost: float):
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     row = {"tenant_id": tenant_id, "day": day, "model": model, "status": status,
            "jobs": count, "cost": cost}  # fmt: skip
-    upsert = dialect.insert(USAGE).values(**row)
-    upsert = upsert.on_conflict_do_update(
+    await session.exec(_upsert(session.bind.dialect.name), params=row)
+
+
+@functools.cache
+def _upsert(dialect_name: str) -> sa.Insert:
+    """Add to the (tenant, day, model, status) row, creating it if needed (built once)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    upsert = dialect.insert(USAGE)
+    return upsert.on_conflict_do_update(
         index_elements=[USAGE.c.tenant_id, USAGE.c.day, USAGE.c.model, USAGE.c.status],
-        set_={"jobs": USAGE.c.jobs + count, "cost": USAGE.c.cost + cost},
+        set_={
+            "jobs": USAGE.c.jobs + upsert.excluded.jobs,
+            "cost": USAGE.c.cost + upsert.excluded.cost,
+        },
     )
-    await session.exec(upsert)
 
 
 @dataclass(frozen=True)

@@ -84,21 +84,33 @@ def early_check_window(model: str) -> timedelta:
     return timedelta(seconds=expected_latency_s(model) + EARLY_CHECK_SLACK_S)
 
 
+# The admission statements are built once (parameters: `now`, `free`, `room`): each caches
+# its own cache key, so a claim does not walk its window functions again.
+NOW, FREE, ROOM = sa.bindparam("now"), sa.bindparam("free"), sa.bindparam("room")
+WAITING_FOR_SLOTS = (
+    select(Job.id)
+    .where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= NOW)
+    .limit(1)
+)
+STALE_SUBMITS = (
+    select(Job)
+    .where(Job.status == jobs.QUEUED, Job.holds_slot, Job.lease_expires_at <= NOW)
+    .order_by(Job.created_at, Job.id)
+    .limit(ROOM)
+    .with_for_update(skip_locked=True)
+)
+SLOTS_HELD = sa.select(Job.slot_class, func.count()).where(Job.holds_slot).group_by(Job.slot_class)
+
+
 async def jobs_wait_for_slots(session, now: datetime) -> bool:
     """Whether Queued jobs are due for admission and hold no slot (the admission queue)."""
-    query = (
-        select(Job.id)
-        .where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
-        .limit(1)
-    )
-    return (await session.exec(query)).first() is not None
+    return (await session.exec(WAITING_FOR_SLOTS, params={"now": now})).first() is not None
 
 
-def admission_query(
-    now: datetime, free: int, *, order: str, kontext_allowed: bool, per_tenant: int | None
-):
-    """The next `free` waiting jobs: round-robin across tenants (`FAIR`, DESIGN §4) or oldest
-    first across all of them (`FIFO`).
+@functools.lru_cache(maxsize=16)
+def admission_query(*, order: str, kontext_allowed: bool, per_tenant: int | None):
+    """The next `free` waiting jobs (as of `now`): round-robin across tenants (`FAIR`, DESIGN
+    §4) or oldest first across all of them (`FIFO`).
 
     Fair: each tenant's waiting jobs are ranked FIFO; every tenant's first goes before any
     tenant's second, and so on. Among tenants, the one served least recently goes first: the
@@ -115,7 +127,7 @@ def admission_query(
         .over(partition_by=Job.tenant_id, order_by=(Job.created_at, Job.id))
         .label("rank"),
         func.min(Job.created_at).over(partition_by=Job.tenant_id).label("head_created_at"),
-    ).where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= now)
+    ).where(Job.status == jobs.QUEUED, ~Job.holds_slot, Job.next_attempt_at <= NOW)
     if not kontext_allowed:
         waiting = waiting.where(Job.slot_class != KONTEXT_MAX)
     waiting = waiting.subquery("waiting")
@@ -140,7 +152,7 @@ def admission_query(
         .join(waiting, waiting.c.job_id == Job.id)
         .outerjoin(held, held.c.tenant_id == Job.tenant_id)
         .order_by(*(round_robin if order == FAIR else (Job.created_at, Job.id)))
-        .limit(free)
+        .limit(FREE)
         # Window functions rule out FOR UPDATE on the subquery: lock only the jobs rows.
         .with_for_update(of=Job, skip_locked=True)
     )
@@ -201,25 +213,11 @@ class Admission(Loop):
 
     async def _stale(self, session, now: datetime, room: int) -> list[Job]:
         """Submits that timed out or whose process died: their slot is already held."""
-        query = (
-            select(Job)
-            .where(Job.status == jobs.QUEUED, Job.holds_slot, Job.lease_expires_at <= now)
-            .order_by(Job.created_at, Job.id)
-            .limit(room)
-            .with_for_update(skip_locked=True)
-        )
-        return list((await session.exec(query)).all())
+        params = {"now": now, "room": room}
+        return list((await session.exec(STALE_SUBMITS, params=params)).all())
 
     async def _fresh(self, session, now: datetime, room: int) -> list[Job]:
-        used = dict(
-            (
-                await session.exec(
-                    sa.select(Job.slot_class, func.count())
-                    .where(Job.holds_slot)
-                    .group_by(Job.slot_class)
-                )
-            ).all()
-        )
+        used = dict((await session.exec(SLOTS_HELD)).all())
         slots = self.limits.total - sum(used.values())
         await self._watch_for_a_queue(session, now, slots)
         free = min(slots, room)
@@ -227,14 +225,10 @@ class Admission(Loop):
         if free <= 0:
             return []
         query = admission_query(
-            now,
-            free,
-            order=self.order,
-            kontext_allowed=free_kontext > 0,
-            per_tenant=self.limits.per_tenant,
+            order=self.order, kontext_allowed=free_kontext > 0, per_tenant=self.limits.per_tenant
         )
         admitted = []
-        for job in (await session.exec(query)).all():
+        for job in (await session.exec(query, params={"now": now, "free": free})).all():
             if job.slot_class == KONTEXT_MAX:
                 if free_kontext <= 0:
                     continue
