@@ -162,7 +162,7 @@ class EventStream:
             for message in complete:
                 if message.startswith(b":"):
                     self.connected.set()
-                else:
+                elif _carries_data(message):  # else the id-only start id: no event
                     self.messages.append((now, message))
                     self.counts[_event_type(message)] += 1
             self.changed.set()
@@ -183,6 +183,10 @@ class EventStream:
                     self.changed.clear()
                     await self.changed.wait()
         return self.counts[event_type] >= count
+
+
+def _carries_data(message: bytes) -> bool:
+    return any(line.startswith(b"data:") for line in message.split(b"\n"))
 
 
 def _event_type(message: bytes) -> str:

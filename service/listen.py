@@ -8,8 +8,10 @@ the same if it is forwarded again (as a redelivery keeps its id). Events go one 
 order, one attempt each: a handler that is down or answers 5xx gets a line saying so, not a retry.
 
 When the stream drops (fluxhook restarted, the network blinked), it reconnects with backoff and
-resumes with `Last-Event-ID`, so the handler sees every event exactly once. Errors:
-`ClientError` (bad options, exit 2) and `RequestFailed` (fluxhook refused us, exit 3).
+resumes with `Last-Event-ID`, so the handler sees every event exactly once. That holds from the
+`ready:` line on, even if the stream drops before any event: a stream from now first says which
+id it starts after, and `ready:` waits for it. Errors: `ClientError` (bad options, exit 2) and
+`RequestFailed` (fluxhook refused us, exit 3).
 """
 
 import contextlib
@@ -41,7 +43,7 @@ RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.25, 5.0
 class Event:
     seq: int
     type: str
-    body: bytes  # the envelope, exactly as the stream carried it
+    body: bytes  # the envelope, exactly as the stream carried it; empty: an id-only message
 
     @property
     def subject(self) -> str:
@@ -90,12 +92,13 @@ def event_line(at: datetime, event: Event, outcome: str) -> str:
 
 
 async def stream_events(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    """Events from SSE lines; comments (the heartbeat) are skipped."""
+    """Messages with an id from SSE lines: events, and id-only messages (no type, empty body:
+    the id a stream from now starts after). Comments (the heartbeat) are skipped."""
     fields: dict[str, list[str]] = {}
     async for line in lines:
         if line == "":
-            if "data" in fields and "id" in fields:
-                data = "\n".join(fields["data"]).encode()
+            if "id" in fields:
+                data = "\n".join(fields.get("data", [])).encode()
                 yield Event(int(fields["id"][-1]), fields.get("event", [""])[-1], data)
             fields = {}
         elif not line.startswith(":"):
@@ -112,22 +115,26 @@ class Forwarder:
         # Signed as the dispatcher signs for a standing subscription with this secret.
         self.subscription = Subscription(secret=secret)
         self.say, self.clock = say, clock or SystemClock()
-        self.last: int | None = None  # the id of the last event handled
+        # The id to resume after: the last event's, else the one the stream started after.
+        self.last: int | None = None
 
     async def run(self, from_start: bool = False) -> None:
-        """Follow the stream until cancelled. A first connection that fails, or a refusal
-        (4xx: a revoked key) at any time, ends it; a stream that drops later is one line,
-        then quiet reconnections, with backoff, until one holds."""
+        """Follow the stream until cancelled. A first connection that fails, or ends before
+        it says where it starts, or a refusal (4xx: a revoked key) at any time, ends it; a
+        stream that drops later is one line, then quiet reconnections, with backoff, until
+        one holds."""
         self.last = 0 if from_start else None
+        where = self.stream.base_url
         try:
-            reason = await self._follow(on_connect=self._ready)
+            reason = await self._follow(on_start=self._ready)
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-            where = self.stream.base_url
             raise RequestFailed(f"could not reach fluxhook at {where}: {exc}") from exc
+        if self.last is None:
+            raise RequestFailed(f"fluxhook at {where} ended the stream before it started: {reason}")
         while True:
-            # Before any event there is no id to resume after: the new stream starts from now.
-            resume = "from now" if self.last is None else f"after event {self.last}"
-            self.say(f"{self._now()}  lost the stream ({reason}); reconnecting {resume}")
+            self.say(
+                f"{self._now()}  lost the stream ({reason}); reconnecting after event {self.last}"
+            )
             reason = await self._reconnect()
 
     async def _reconnect(self) -> str:
@@ -140,16 +147,21 @@ class Forwarder:
             except (httpx.TransportError, httpx.HTTPStatusError):  # fluxhook is not back yet
                 failures += 1
 
-    async def _follow(self, on_connect=None) -> str:
-        """One stream, resumed after `self.last`, handled to its end; why it ended."""
+    async def _follow(self, on_start=None) -> str:
+        """One stream, resumed after `self.last` (from now if None), handled to its end; why it
+        ended. `on_start` runs once the stream has an id to resume after: at once when it
+        resumes, at its first message (the id-only one) when it starts from now."""
         headers = {} if self.last is None else {"last-event-id": str(self.last)}
         async with self.stream.stream("GET", "/v1/events", headers=headers) as response:
             await _check(response)
-            if on_connect:
-                on_connect()
+            if on_start and self.last is not None:
+                on_start()
             try:
                 async for event in stream_events(response.aiter_lines()):
-                    await self._handle(event)
+                    if event.body:
+                        await self._handle(event)
+                    if on_start and self.last is None:
+                        on_start()
                     self.last = event.seq
             except httpx.TransportError as exc:
                 return failure_reason(exc)

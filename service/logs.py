@@ -16,7 +16,16 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 TOKEN_PATHS = re.compile(r"^/(webhooks/bfl|images)/[^/]+")
 access_log = logging.getLogger("fluxhook.access")
-QUIET_LIBRARIES = ("sqlalchemy", "aiosqlite", "psycopg", "httpx", "httpcore", "hpack", "PIL")
+QUIET_LIBRARIES = (
+    "sqlalchemy",
+    "aiosqlite",
+    "psycopg",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "PIL",
+    "alembic.runtime.plugins",  # "setup plugin …" lines at every `fluxhook worker` start
+)
 # What alembic says each time a migration context opens, which /readyz does on every call.
 # Its other INFO lines (`Running upgrade …`) still show during `fluxhook migrate`.
 ALEMBIC_PREAMBLE = ("Context impl ", "Will assume ")

@@ -1,9 +1,12 @@
 """Retention: finished jobs older than `RETENTION_DAYS` are deleted with everything that hangs
 off them (events, deliveries, their own callback subscription, idempotency keys, the stored
-image), in small batches, by one process at a time (a PostgreSQL advisory lock).
+image), in small batches, by one process at a time (a PostgreSQL advisory lock). Events that
+belong to no job (`ping`, `subscription.disabled`) older than that go too, with their
+deliveries, in batches under the same lock.
 
 Never deleted: a job that is not finished, a `Ready` whose image is not stored yet, or one
-that is still owed a delivery (a pending callback waits for it).
+that is still owed a delivery (a pending callback waits for it); a job-less event still owed
+a delivery, or the newest event of all (see `prunable_events`).
 The image's bytes (file or object) are removed after the rows' transaction commits, so a crash
 can leave an orphan object but never a row that points at nothing. On SQLite the freed pages
 go back to the file system (`auto_vacuum=INCREMENTAL`, then `PRAGMA incremental_vacuum`).
@@ -16,6 +19,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import func
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from service import jobs
@@ -27,7 +31,8 @@ from service.signals import Signals
 
 log = logging.getLogger(__name__)
 RETENTION_LOCK = 0x466C7578_04
-BATCH = 200  # jobs per transaction: short transactions, so no writer waits long
+# Jobs (or job-less events) per transaction: short transactions, so no writer waits long.
+BATCH = 200
 PENDING = "pending"
 
 
@@ -62,13 +67,34 @@ def prunable(cutoff: datetime, limit: int):
     )
 
 
+def prunable_events(cutoff: datetime, limit: int):
+    """Events about no job from before `cutoff`, owed nothing. The newest event of all stays:
+    SQLite (no AUTOINCREMENT) would hand its sequence number out again, and a stream may have
+    given that number to a client as the id to resume after."""
+    owed = sa.exists().where(Delivery.event_seq == JobEvent.seq, Delivery.status == PENDING)
+    newest = sa.select(func.max(aliased(JobEvent).seq)).scalar_subquery()
+    return (
+        select(JobEvent.seq)
+        .where(JobEvent.job_id.is_(None), JobEvent.created_at < cutoff, ~owed)
+        .where(JobEvent.seq < newest)
+        .order_by(JobEvent.seq)
+        .limit(limit)
+    )
+
+
+async def _leading(db: Database, session) -> bool:
+    """Whether this transaction holds the retention lock (PostgreSQL; SQLite has one writer)."""
+    if not db.is_postgres:
+        return True
+    leader = sa.select(func.pg_try_advisory_xact_lock(RETENTION_LOCK))
+    return bool((await session.exec(leader)).scalar())
+
+
 async def prune_batch(db: Database, store: ImageStore, cutoff: datetime, limit: int = BATCH):
     """Delete one batch; returns what went (`jobs == 0`: nothing was left)."""
     async with db.write() as session:
-        if db.is_postgres:
-            leader = sa.select(func.pg_try_advisory_xact_lock(RETENTION_LOCK))
-            if not (await session.exec(leader)).scalar():
-                return Pruned()  # another process is pruning
+        if not await _leading(db, session):
+            return Pruned()  # another process is pruning
         ids = list((await session.exec(prunable(cutoff, limit))).all())
         if not ids:
             return Pruned()
@@ -101,12 +127,28 @@ async def _delete_rows(session, ids: list[uuid.UUID]) -> Pruned:
     )
 
 
+async def prune_events_batch(db: Database, cutoff: datetime, limit: int = BATCH) -> Pruned:
+    """Delete one batch of job-less events with their deliveries (`events == 0`: none left)."""
+    async with db.write() as session:
+        if not await _leading(db, session):
+            return Pruned()  # another process is pruning
+        seqs = list((await session.exec(prunable_events(cutoff, limit))).all())
+        if not seqs:
+            return Pruned()
+        deliveries = await session.exec(sa.delete(Delivery).where(Delivery.event_seq.in_(seqs)))
+        events = await session.exec(sa.delete(JobEvent).where(JobEvent.seq.in_(seqs)))
+    return Pruned(events=events.rowcount, deliveries=deliveries.rowcount)
+
+
 async def prune(db: Database, store: ImageStore, cutoff: datetime) -> Pruned:
-    """Batches until none is left, then (SQLite) give the free pages back."""
+    """Batches until none is left (jobs, then job-less events), then (SQLite) give the free
+    pages back."""
     total = Pruned()
     while (batch := await prune_batch(db, store, cutoff)).jobs:
         total.add(batch)
-    if total.jobs:
+    while (batch := await prune_events_batch(db, cutoff)).events:
+        total.add(batch)
+    if total.jobs or total.events:
         await give_space_back(db)
     return total
 
@@ -135,7 +177,7 @@ class Retention(Loop):
 
     async def work(self, cutoff: datetime) -> None:
         pruned = await prune(self.db, self.store, cutoff)
-        if pruned.jobs:
+        if pruned.jobs or pruned.events:
             log.info("retention: deleted %s", pruned.summary())
 
     async def failed(self, cutoff: datetime, exc: Exception) -> None:

@@ -11,14 +11,19 @@ import anyio
 import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from httpx import MockTransport
 from standardwebhooks import Webhook
 
+from service.client_cli import RequestFailed
+from service.listen import Forwarder, event_types
+from service.signing import new_subscription_secret
 from tests.support.processes import Process, cleanup, cli, fluxhook_env, free_port
 from tests.support.stack import running_emulator, running_stack
 from tests.support.subscriber import Callback, Subscriber, running_subscriber
 from tests.support.waiting import wait_for
 
 SMALL = {"width": 256, "height": 256}
+SSE = "text/event-stream"
 
 
 class Listen:
@@ -138,6 +143,52 @@ async def test_forwards_signed_events_and_misses_none_across_a_restart(sqlite_ur
         assert len(events) == len(expected) and all(" 200 in " in line for line in events)
 
 
+async def _done(client: httpx.AsyncClient, job: dict) -> None:
+    async def finished() -> bool:
+        result = (await client.get("/v1/get_result", params={"id": job["id"]})).json()
+        return result["status"] != "Pending"
+
+    await wait_for(finished, within_s=30, every_s=0.05)
+
+
+async def test_a_stream_lost_before_any_event_resumes_after_its_start_id(sqlite_url, tmp_path):
+    async with running_emulator(time_scale=0.05) as emulator, running_subscriber() as handler:
+        env = fluxhook_env(sqlite_url, emulator.url, free_port())
+        key = cli("keys", "create", "listener", env=env).splitlines()[-1]
+        auth = {"x-key": key}
+        first = Process(env, tmp_path / "first.log")
+        with cleanup(first):
+            await first.ready()
+            async with httpx.AsyncClient(base_url=first.url, headers=auth, timeout=30) as client:
+                earlier = await _submit(client, "a job before listen")
+                await _done(client, earlier)
+                start = (await _tenant_seqs(client, [earlier]))[-1]
+            async with listening(first.url, key, "--forward-to", handler.url) as listen:
+                first.kill()  # no event has reached the stream yet
+                await listen.line(lambda line: "lost the stream" in line)
+                # While fluxhook is down there, another process on the same database runs a
+                # job to its end: a stream that started from now again would never see it.
+                async with (
+                    running_stack(sqlite_url, emulator) as other,
+                    httpx.AsyncClient(base_url=other.url, headers=auth, timeout=30) as client,
+                ):
+                    missed = await _submit(client, "a job while listen is away")
+                    await _done(client, missed)
+                second = Process(env, tmp_path / "second.log")
+                with cleanup(second):
+                    await second.ready()
+                    async with httpx.AsyncClient(
+                        base_url=second.url, headers=auth, timeout=30
+                    ) as client:
+                        expected = await _received_all(handler, client, [missed])
+                    assert [_seq(c) for c in handler.received] == expected, "all, and only those"
+                    assert await listen.interrupt() == (0, "")
+        secret, ready, lost, *forwarded = listen.lines
+        assert ready.startswith("ready: ") and secret.startswith("whsec_")
+        assert lost.endswith(f"reconnecting after event {start}"), "the id the stream started after"
+        assert len(forwarded) == len(expected) and all(" 200 in " in line for line in forwarded)
+
+
 async def test_forwards_only_the_asked_types_with_the_body_a_subscription_gets(sqlite_url):
     async with (
         running_emulator(time_scale=0.05) as emulator,
@@ -161,6 +212,24 @@ async def test_forwards_only_the_asked_types_with_the_body_a_subscription_gets(s
                 assert forwarded.headers[name] == delivered.headers[name]
             assert forwarded.webhook_id == f"msg_event_{_seq(forwarded)}"
             assert await listen.interrupt() == (0, "")
+
+
+async def test_a_first_stream_that_ends_before_its_start_id_ends_listen():
+    def connected_only(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=": connected\n\n", headers={"content-type": SSE})
+
+    fluxhook = MockTransport(connected_only)
+    handler = MockTransport(lambda _request: httpx.Response(204))
+    said = []
+    async with (
+        httpx.AsyncClient(base_url="http://127.0.0.1:9", transport=fluxhook) as stream,
+        httpx.AsyncClient(transport=handler) as http,
+    ):
+        target, secret = "http://127.0.0.1:9/hook", new_subscription_secret()
+        forwarder = Forwarder(stream, http, target, secret, event_types(None), say=said.append)
+        with pytest.raises(RequestFailed, match="ended the stream before it started"):
+            await forwarder.run()
+    assert said == [], "no ready line: nothing was promised"
 
 
 def test_unknown_event_types_are_refused_before_anything_is_sent():

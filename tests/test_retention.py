@@ -1,5 +1,6 @@
-"""Retention: finished jobs go with everything that hangs off them; nothing unfinished or still
-owed a delivery goes; SQLite gives the space back; `fluxhook prune` runs a pass now."""
+"""Retention: finished jobs go with everything that hangs off them; so do old events of no job
+(pings); nothing unfinished or still owed a delivery goes; SQLite gives the space back;
+`fluxhook prune` runs a pass now."""
 
 import os
 import sqlite3
@@ -73,6 +74,57 @@ async def test_prune_takes_finished_jobs_whole_and_spares_the_rest(database_url)
         assert (await stack.client.get(f"/v1/jobs/{done['id']}")).status_code == 404
         listed = (await stack.client.get("/v1/subscriptions")).json()["subscriptions"]
         assert [s["url"] for s in listed] == [subscriber.url], "standing subscriptions stay"
+
+
+async def _ping(stack, subscription: dict) -> int:
+    """A test event for `subscription`; its sequence number."""
+    sent = await stack.client.post(f"/v1/subscriptions/{subscription['id']}/test")
+    assert sent.status_code == 202, sent.text
+    listed = (await stack.client.get("/v1/deliveries")).json()["deliveries"]
+    (delivery,) = [d for d in listed if d["id"] == sent.json()["delivery_id"]]
+    return delivery["event_id"]
+
+
+async def _events_and_deliveries(stack) -> tuple[set[int], set[int]]:
+    """Every event's sequence number, and the events deliveries are for."""
+    async with stack.services.db.read() as session:
+        events = {e.seq for e in (await session.exec(select(JobEvent))).all()}
+        deliveries = {d.event_seq for d in (await session.exec(select(Delivery))).all()}
+    return events, deliveries
+
+
+async def test_prune_takes_old_events_of_no_job_unless_a_delivery_is_owed(database_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(database_url, emulator) as stack,
+        running_subscriber(default=500) as failing,
+        running_subscriber() as subscriber,
+    ):
+        subscribe = "/v1/subscriptions"
+        good = (await stack.client.post(subscribe, json={"url": subscriber.url})).json()
+        # No job event is owed to the failing one (a ping goes whatever the filter says).
+        bad = {"url": failing.url, "events": ["job.failed"]}
+        bad = (await stack.client.post(subscribe, json=bad)).json()
+        job = await stack.submit("flux-dev", **SMALL)
+        await stack.stored(job["id"])
+        delivered, owed = await _ping(stack, good), await _ping(stack, bad)
+        await wait_for(lambda: _settled_delivery(stack))
+        cutoff = stack.services.clock.now()
+        recent = await _ping(stack, good)
+        await wait_for(lambda: _settled_delivery(stack))
+        events, _ = await _events_and_deliveries(stack)
+        job_events = events - {delivered, owed, recent}
+
+        pruned = await prune(stack.services.db, stack.services.images, cutoff)
+
+        assert (pruned.jobs, pruned.events) == (1, len(job_events) + 1)
+        assert pruned.deliveries == len(job_events) + 1, "the job's callbacks and the ping's"
+        events, deliveries = await _events_and_deliveries(stack)
+        assert events == deliveries == {owed, recent}, "owed a retry, or newer than the cutoff"
+        # With every event older than the cutoff, the owed one and the newest still stay.
+        again = await prune(stack.services.db, stack.services.images, _soon(stack))
+        assert (again.jobs, again.events, again.deliveries) == (0, 0, 0)
+        assert (await _events_and_deliveries(stack))[0] == {owed, recent}
 
 
 def _soon(stack):

@@ -3,6 +3,7 @@
 import uuid
 from types import SimpleNamespace
 
+import anyio
 import httpx
 
 from service.hub import CLOSED, RESYNC, Hub, StreamEvent
@@ -16,6 +17,56 @@ SMALL = {"width": 256, "height": 256}
 async def _job_events(stack, job_id: str) -> list[int]:
     detail = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
     return [event["seq"] for event in detail["events"]]
+
+
+async def _first_messages(stack, path: str, count: int, headers=None) -> str:
+    """The stream's first `count` messages (comments included), exactly as sent."""
+    received = ""
+    async with stack.client.stream("GET", path, headers=headers, timeout=None) as response:
+        with anyio.fail_after(15):
+            async for text in response.aiter_text():
+                received += text
+                if received.count("\n\n") >= count:
+                    return received
+    raise AssertionError(f"the stream ended after {received!r}")
+
+
+async def test_a_stream_from_now_first_says_which_id_it_starts_after(database_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(database_url, emulator, sse_heartbeat_s=0.05) as stack,
+    ):
+        empty = await _first_messages(stack, "/v1/events", 2)
+        assert empty == ": connected\n\nid: 0\n\n", "no event yet: it starts after none"
+        job = await stack.submit(**SMALL)
+        await stack.settled(job["id"])
+        first, *_, latest = await _job_events(stack, job["id"])
+        fresh = await _first_messages(stack, "/v1/events", 2)
+        assert fresh == f": connected\n\nid: {latest}\n\n"
+        # A resumed stream has its id already; nothing to replay here, so a heartbeat is next.
+        resume = {"last-event-id": str(latest)}
+        resumed = await _first_messages(stack, "/v1/events", 2, headers=resume)
+        assert resumed == ": connected\n\n: heartbeat\n\n"
+        # A job's stream without an id replays the job's history: no start id either.
+        history = await _first_messages(stack, f"/v1/jobs/{job['id']}/events", 2)
+        assert history.startswith(f": connected\n\nid: {first}\nevent: job.submitted\n")
+
+
+async def test_a_stream_that_drops_before_any_event_resumes_from_its_start_id(database_url):
+    async with running_emulator(**FAST) as emulator, running_stack(database_url, emulator) as stack:
+        before = await stack.submit(**SMALL)
+        await stack.settled(before["id"])
+        async with open_stream(stack.client, "/v1/events") as stream:
+            start = await stream.start()
+        assert start == max(await _job_events(stack, before["id"]))
+        # The stream dropped before any event; a job runs its course before the client is back.
+        missed = await stack.submit(**SMALL)
+        await stack.settled(missed["id"])
+        resume = {"last-event-id": str(start)}
+        async with open_stream(stack.client, "/v1/events", headers=resume) as stream:
+            replayed = await stream.take(2)
+        assert [m.id for m in replayed] == await _job_events(stack, missed["id"])
+        assert [m.event for m in replayed] == ["job.submitted", "job.ready"]
 
 
 async def test_reconnecting_with_last_event_id_replays_exactly_what_was_missed(database_url):

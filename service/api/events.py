@@ -3,8 +3,10 @@
 Each message's `id:` is the event's `job_events` sequence number. A client that reconnects with
 `Last-Event-ID` (header, or `?last_event_id=` for EventSource-less clients) first gets what it
 missed, read from the table, then the live stream; every event exactly once, in order.
-`/v1/events` without an id starts from now; a job's stream without one replays the job's
-whole history, and ends after the job's terminal event. A comment every 15 s
+`/v1/events` without an id starts from now, and says where: right after the `: connected`
+comment comes `id: <seq>` alone (the sequence number it starts after), so a client whose stream
+drops before any event still has an id to resume from. A job's stream without an id replays
+the job's whole history, and ends after the job's terminal event. A comment every 15 s
 (SSE_HEARTBEAT_S) keeps PaaS routers from closing an idle stream.
 """
 
@@ -32,6 +34,14 @@ def format_event(event: StreamEvent) -> str:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.body}\n\n"
 
 
+def start_id(seq: int) -> str:
+    """A message with an id and no data. WHATWG HTML, "Interpreting an event stream": on the
+    blank line, "dispatch the event" first sets the EventSource's last event ID string from
+    the id buffer, then, "if the data buffer is an empty string", returns without dispatching
+    anything. So it moves the client's Last-Event-ID to `seq`, and no listener fires."""
+    return f"id: {seq}\n\n"
+
+
 def _last_event_id(request: Request) -> int | None:
     """The id to resume after; empty is none, as EventSource itself treats it."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -54,9 +64,10 @@ async def tenant_events(request: Request) -> StreamingResponse:
     tenant_id = await authenticate(request)
     svc = services(request)
     last = _last_event_id(request)
-    if last is None:
-        last = await _latest_seq(svc, tenant_id)
-    return _stream(svc, tenant_id, None, last)
+    if last is not None:
+        return _stream(svc, tenant_id, None, last)
+    last = await _latest_seq(svc, tenant_id)
+    return _stream(svc, tenant_id, None, last, first=start_id(last))
 
 
 async def job_events(request: Request) -> StreamingResponse:
@@ -66,16 +77,17 @@ async def job_events(request: Request) -> StreamingResponse:
     return _stream(svc, job.tenant_id, job.id, last)
 
 
-def _stream(svc, tenant_id, job_id, last: int) -> StreamingResponse:
-    body = _events(svc, tenant_id, job_id, last)
+def _stream(svc, tenant_id, job_id, last: int, first: str = "") -> StreamingResponse:
+    body = _events(svc, tenant_id, job_id, last, first)
     return StreamingResponse(body, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _events(svc, tenant_id, job_id, last: int) -> AsyncIterator[str]:
+async def _events(svc, tenant_id, job_id, last: int, first: str) -> AsyncIterator[str]:
+    """`first` (a start id, or nothing) goes out in the same write as `: connected`."""
     with svc.hub.listen(tenant_id, job_id) as listener:
         svc.metrics.sse_clients.inc()
         try:
-            yield ": connected\n\n"
+            yield ": connected\n\n" + first
             while True:
                 replayed = None
                 async for replayed in _replay(svc, tenant_id, job_id, last):

@@ -331,6 +331,13 @@ SSE = {
     "content": {"text/event-stream": {"schema": STREAM_EVENT}},
 }
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
+STREAM_FROM_NOW = (
+    "Without Last-Event-ID the stream starts from now and first says where: right after the "
+    "`: connected` comment comes a message with an id and no data, `id: <seq>`, the sequence "
+    "number it starts after. It dispatches no event (an EventSource only takes its id), and a "
+    "client whose stream drops before any event resumes with it as Last-Event-ID, missing "
+    "nothing. A stream resumed with Last-Event-ID has no such message."
+)
 SUBMIT_DESCRIPTION = (
     "Validated as BFL validates it: in pydantic's lax mode, as FastAPI does, so `true`/`false` "
     "also read as 1/0 and numeric strings as numbers. `webhook_url`/`webhook_secret`, if given, "
@@ -439,11 +446,12 @@ def _native(table: PathTable) -> None:
         "One job's events, live, after its history", EVENTS,
         ok={"200": SSE}, fails=("403", "404", "422"), params=[JOB_ID, *LAST_EVENT_ID],
     )  # fmt: skip
-    table.add(
+    stream = table.add(
         "get", "/v1/events", "stream_events",
         "All the tenant's job events, live, from now or from Last-Event-ID", EVENTS,
         ok={"200": SSE}, fails=("403", "422"), params=LAST_EVENT_ID,
     )  # fmt: skip
+    stream["description"] = STREAM_FROM_NOW
     table.add(
         "get", "/v1/models", "list_models", "Every model, with its kind and required fields", JOBS,
         ok="ModelList", fails=("403",),

@@ -7,12 +7,14 @@ const MAX_DELAY_MS = 30000;
 // The server sends a comment every 15 s; three missed heartbeats mean the stream is dead.
 const SILENCE_LIMIT_MS = 45000;
 
-// Incremental parser: feed() it decoded text in any chunking; it calls onMessage for each event
-// and onComment for each comment line (the server's heartbeats).
+// Incremental parser: feed() it decoded text in any chunking; it calls onMessage for each event,
+// onComment for each comment line (the server's heartbeats), and onId for a message with an id
+// and no data (the spec sets the last event id without firing an event: the server's start id).
 export class SSEParser {
-  constructor({ onMessage, onComment = () => {} }) {
+  constructor({ onMessage, onComment = () => {}, onId = () => {} }) {
     this.onMessage = onMessage;
     this.onComment = onComment;
+    this.onId = onId;
     this.pending = "";
     this.data = [];
     this.type = "";
@@ -51,6 +53,8 @@ export class SSEParser {
     this.data = [];
     this.type = "";
     if (hasData) this.onMessage(message);
+    else if (this.idBuffer !== null) this.onId(this.lastEventId);
+    this.idBuffer = null;
   }
 }
 
@@ -121,6 +125,9 @@ export class EventStream {
         onMessage: (message) => {
           this.lastEventId = message.id || null; // an empty id resets it
           this.onEvent(message);
+        },
+        onId: (id) => {
+          this.lastEventId = id || null; // where a fresh stream starts: resume from there
         },
         onComment: () => {
           // The server's first comment (": connected") comes once it is subscribed.
