@@ -64,6 +64,7 @@ class Services:
     fetcher: ImageFetcher | None = None
     loops: list[Loop] = field(default_factory=list)
     job_commits: GroupCommit | None = None  # per-job actions, group-committed
+    image_commits: GroupCommit | None = None  # the same for stored images (not urgent)
     submit_commits: GroupCommit | None = None  # new jobs, group-committed
 
     def begin_shutdown(self) -> None:
@@ -111,7 +112,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
         store=svc.images,
         urls=svc.urls,
         metrics=svc.metrics,
-        commits=svc.job_commits,
+        commits=svc.image_commits,
         transfers=svc.transfers,
         timeout_s=s.image_fetch_timeout_s,
     )
@@ -222,6 +223,8 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
     )
     # Urgent: BFL's webhooks are applied here, and someone waits for their events.
     svc.job_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock), urgent=True)
+    # Apart, so that a webhook's transaction never carries an image's bytes (`IMAGE_STORE=db`).
+    svc.image_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock))
     svc.submit_commits = GroupCommit(db, functools.partial(compat.create_jobs, svc))
     return svc
 

@@ -36,6 +36,7 @@ from service.events import record_job_event
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
 from service.models import Job
+from service.records import JOBS, JobRecord, write_changes
 from service.schedule import backoff_s
 from service.signals import Signals
 from service.signing import Signing
@@ -93,7 +94,7 @@ WAITING_FOR_SLOTS = (
     .limit(1)
 )
 STALE_SUBMITS = (
-    select(Job)
+    sa.select(JOBS)
     .where(Job.status == jobs.QUEUED, Job.holds_slot, Job.lease_expires_at <= NOW)
     .order_by(Job.created_at, Job.id)
     .limit(ROOM)
@@ -148,13 +149,13 @@ def admission_query(*, order: str, kontext_allowed: bool, per_tenant: int | None
         Job.tenant_id,
     )
     query = (
-        select(Job)
+        sa.select(JOBS)
         .join(waiting, waiting.c.job_id == Job.id)
         .outerjoin(held, held.c.tenant_id == Job.tenant_id)
         .order_by(*(round_robin if order == FAIR else (Job.created_at, Job.id)))
         .limit(FREE)
         # Window functions rule out FOR UPDATE on the subquery: lock only the jobs rows.
-        .with_for_update(of=Job, skip_locked=True)
+        .with_for_update(of=JOBS, skip_locked=True)
     )
     if per_tenant is None:
         return query
@@ -193,7 +194,7 @@ class Admission(Loop):
         self._submitting = 0
         self._queue_seen = False  # the last claim found jobs waiting with every slot taken
 
-    async def claim(self) -> list[Job]:
+    async def claim(self) -> list[JobRecord]:
         room = SUBMIT_CONCURRENCY - self._submitting
         if room <= 0:
             return []
@@ -208,15 +209,17 @@ class Admission(Loop):
                 job.admitted_at = job.admitted_at or now
                 job.submit_attempts += 1
                 job.lease_expires_at = now + self.submit_lease
+            await write_changes(session, claimed)
         self._submitting += len(claimed)
         return claimed
 
-    async def _stale(self, session, now: datetime, room: int) -> list[Job]:
+    async def _stale(self, session, now: datetime, room: int) -> list[JobRecord]:
         """Submits that timed out or whose process died: their slot is already held."""
         params = {"now": now, "room": room}
-        return list((await session.exec(STALE_SUBMITS, params=params)).all())
+        rows = (await session.exec(STALE_SUBMITS, params=params)).mappings().all()
+        return [JobRecord(row) for row in rows]
 
-    async def _fresh(self, session, now: datetime, room: int) -> list[Job]:
+    async def _fresh(self, session, now: datetime, room: int) -> list[JobRecord]:
         used = dict((await session.exec(SLOTS_HELD)).all())
         slots = self.limits.total - sum(used.values())
         await self._watch_for_a_queue(session, now, slots)
@@ -228,7 +231,8 @@ class Admission(Loop):
             order=self.order, kontext_allowed=free_kontext > 0, per_tenant=self.limits.per_tenant
         )
         admitted = []
-        for job in (await session.exec(query, params={"now": now, "free": free})).all():
+        rows = (await session.exec(query, params={"now": now, "free": free})).mappings().all()
+        for job in map(JobRecord, rows):
             if job.slot_class == KONTEXT_MAX:
                 if free_kontext <= 0:
                     continue
