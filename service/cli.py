@@ -192,10 +192,11 @@ class Drained:
             return
         took_s = round(time.monotonic() - self.started, 2)
         log.info(
-            "shut down in %.2f s: closed %d live streams, stopped %d loops "
+            "shut down in %.2f s: closed %d live stream%s, stopped %d loops "
             "(in-flight work finished or its leases released)",
             took_s,
             self.streams,
+            "" if self.streams == 1 else "s",
             self.loops,
             extra={"fields": {"took_s": took_s, "streams": self.streams, "loops": self.loops}},
         )
@@ -231,10 +232,13 @@ def run_worker(_args) -> int:
 
 
 def run_migrate(_args) -> int:
+    from service import logs
     from service.migrations import upgrade
 
-    upgrade(Settings.from_env().database_url)
-    print("database is at the latest migration", flush=True)
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, settings.log_level)
+    upgrade(settings.database_url)
+    _announce(settings, "database is at the latest migration")
     return 0
 
 
