@@ -286,6 +286,7 @@ async def test_models_lists_what_a_prompt_form_can_submit(sqlite_url):
     finetuned = models["flux-pro-1.1-ultra-finetuned"]
     assert finetuned["kind"] == "finetuned" and finetuned["needs"] == "finetune_id"
     assert models["flux-dev"]["kind"] == "text-to-image" and models["flux-dev"]["needs"] is None
+    assert models["image"]["alias_of"] == "flux-pro" and models["flux-pro"]["alias_of"] is None
     dev = models["flux-dev"]
     assert dev["size"] == "dimensions"
     assert dev["width"] == {

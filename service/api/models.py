@@ -93,6 +93,7 @@ def describe(spec: catalog.ModelSpec) -> dict:
         if "aspect_ratio" in fields
         else None,
         "seed": "seed" in fields,
+        "alias_of": spec.alias_of,
     }
 
 

@@ -269,6 +269,8 @@ def _model() -> dict:
         height=bounds,
         aspect_ratio=bounds,
         seed={"type": "boolean"},
+        alias_of=nullable("string")
+        | {"description": "another name for this model (BFL's 2024 `image` route: flux-pro)"},
     ) | {"examples": [example]}
 
 

@@ -70,8 +70,9 @@ export class GenerateForm {
   }
 
   setModels(all) {
-    // A prompt form can only offer the models a prompt alone is enough for.
-    const models = all.filter((model) => model.kind === "text-to-image");
+    // A prompt form can only offer the models a prompt alone is enough for (once each: not
+    // an alias such as BFL's 2024 `image` route for flux-pro).
+    const models = all.filter((model) => model.kind === "text-to-image" && !model.alias_of);
     this.models = new Map(models.map((model) => [model.name, model]));
     const select = this.fields.model;
     select.replaceChildren(...models.map((model) => option(model.name, model.name)));
