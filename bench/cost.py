@@ -15,7 +15,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from bench import listen
+from bench import listen, profiling
 from bench.loadgen import open_loop
 from bench.processes import cpu_seconds
 from bench.stack import Databases, running_stack
@@ -38,8 +38,10 @@ async def measure(databases: Databases, workdir: Path, engine: str, stage: str) 
                 sink = await context.enter_async_context(listen.sink())
                 await stack.subscribe(sink.url, ["job.ready"])
             started = cpu_seconds(stack.process.pid)
-            load = await open_loop(RATE, JOBS, stack.submit)
-            used = await _until_idle(stack.process.pid) - started
+            suffix = f"-{engine}-stage{STAGES.index(stage) + 1}"
+            async with profiling.sampling(stack.process.pid, suffix):
+                load = await open_loop(RATE, JOBS, stack.submit)
+                used = await _until_idle(stack.process.pid) - started
     return round(1000 * used / (len(load.sent) - load.failures), 2)
 
 
@@ -55,7 +57,9 @@ async def _until_idle(pid: int) -> float:
     raise RuntimeError(f"fluxhook was still busy after {SETTLE_LIMIT_S} s")
 
 
-async def main(engines: list[str]) -> None:
+async def main(engines: list[str], profile: Path | None) -> None:
+    if profile is not None:
+        profiling.TARGET.set(profile / "profile-cost")
     print(f"fluxhook CPU per job, {JOBS} jobs at {RATE}/s (python -m bench.cost)")
     with tempfile.TemporaryDirectory(prefix="fluxhook-cost-") as tmp:
         databases = Databases(Path(tmp))
@@ -74,4 +78,10 @@ async def main(engines: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engines", nargs="*", default=["sqlite", "postgres"])
-    asyncio.run(main(parser.parse_args().engines))
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy each stage; summaries go to this directory"
+    )
+    args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(args.engines, args.profile))
