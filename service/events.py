@@ -122,7 +122,7 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
     await session.flush()  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
     if await _add_deliveries(session, events, now, signals.deliveries):
-        await signals.after_commit(session, "dispatcher")
+        await signals.after_commit(session, "dispatcher")  # some wait for a dispatcher's claim
     if postgres:
         payloads = [notify_payload(event) for event in events]
         await session.exec(NOTIFY_ALL, params={"channel": EVENTS_CHANNEL, "payloads": payloads})
@@ -181,7 +181,8 @@ async def _add_deliveries(
 ) -> int:
     """The outbox rows: one per (event, enabled subscription that asked for its type). With
     a dispatcher in this process (`handoff`) that has room, they are leased to it here and
-    handed over once the transaction commits: the callback leaves without a claim."""
+    handed over once the transaction commits: the callback leaves without a claim. Returns
+    how many are left for a claim (then a dispatcher is worth waking)."""
     tenants = sorted({event.tenant_id for event in events})
     jobs = sorted({event.job_id for event in events if event.job_id})
     params = {"tenants": tenants, "jobs": jobs}
@@ -202,7 +203,7 @@ async def _add_deliveries(
     handed = [(row, s, e) for row, (e, s) in leased if row["lease_expires_at"] is not None]
     if handed:
         on_commit(session, lambda: handoff.take(handed))
-    return len(rows)
+    return len(rows) - len(handed)
 
 
 def _wants(subscription, event: StagedEvent) -> bool:

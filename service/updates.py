@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from service import jobs
 from service.events import record_job_event
 from service.images import FetchTask
+from service.loops.admission import jobs_wait_for_slots
 from service.models import Job
 from service.signals import Signals
 from service.views import Urls
@@ -60,13 +61,17 @@ async def _finish_upstream(
     if update.cost is not None:
         job.cost = update.cost
     job.finished_at = now
+    wakes = []
+    if await jobs_wait_for_slots(session, now):
+        wakes.append("admission")  # the freed slot has takers (new jobs wake it themselves)
     if job.status == jobs.READY:
         job.sample_url = update.result["sample"]
         job.result = {k: v for k, v in update.result.items() if k != "sample"}
         job.upstream_ready_at = now
         job.next_attempt_at = now
         job.lease_expires_at = now + fetch_lease if fetch_lease else None
-        await signals.after_commit(session, "admission", "images")
-        return
-    job.lease_expires_at = None
-    await signals.after_commit(session, "admission")
+        if not fetch_lease:  # a fetch leased here is handed to this process's fetcher
+            wakes.append("images")
+    else:
+        job.lease_expires_at = None
+    await signals.after_commit(session, *wakes)

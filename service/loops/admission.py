@@ -193,11 +193,16 @@ class Admission(Loop):
         self._rng = rng or random.Random()
         self._submitting = 0
         self._queue_seen = False  # the last claim found jobs waiting with every slot taken
+        # The last claim took as many as it had room for: more may wait for a finished submit.
+        self._room_ran_out = False
+        self._passed_over = False  # the last claim skipped kontext-max jobs over their limit
 
     async def claim(self) -> list[JobRecord]:
         room = SUBMIT_CONCURRENCY - self._submitting
+        self._room_ran_out = room <= 0
         if room <= 0:
             return []
+        self._passed_over = False
         async with self.db.write() as session:
             if self.db.is_postgres:
                 await session.exec(sa.select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
@@ -211,7 +216,15 @@ class Admission(Loop):
                 job.lease_expires_at = now + self.submit_lease
             await write_changes(session, claimed)
         self._submitting += len(claimed)
+        self._room_ran_out = len(claimed) >= room
         return claimed
+
+    def may_find_more(self, claimed: list) -> bool:
+        """Only when the claim passed over flux-kontext-max jobs (over their sub-limit) that
+        took the place of others. Otherwise it took every job it had a slot and room for: the
+        next can only come from a new submit, a freed slot or a finished submit, and each of
+        those wakes it (an immediate second claim would find nothing, once per job)."""
+        return self._passed_over
 
     async def _stale(self, session, now: datetime, room: int) -> list[JobRecord]:
         """Submits that timed out or whose process died: their slot is already held."""
@@ -235,6 +248,7 @@ class Admission(Loop):
         for job in map(JobRecord, rows):
             if job.slot_class == KONTEXT_MAX:
                 if free_kontext <= 0:
+                    self._passed_over = True
                     continue
                 free_kontext -= 1
             admitted.append(job)
@@ -257,7 +271,8 @@ class Admission(Loop):
                 await self._submit(job)
         finally:
             self._submitting -= 1
-            self.signals.wake(self.name)  # room for the next claim
+            if self._room_ran_out:
+                self.signals.wake(self.name)  # room for what the last claim could not take
 
     async def _submit(self, job: Job) -> None:
         webhook_url = self.urls.webhook(job.id)

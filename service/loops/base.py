@@ -46,13 +46,18 @@ class Loop(abc.ABC):
     async def release(self, items: list) -> None:  # noqa: B027 - most loops keep nothing
         """Give back the leases of items whose work was cut short by shutdown."""
 
+    def may_find_more(self, claimed: list) -> bool:
+        """Whether to claim again at once rather than wait for a wake-up: by default after any
+        claim that found work (the batch may have been full)."""
+        return bool(claimed)
+
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             while not self.stopping:
                 claimed = await self.claim()
                 for item in claimed:
                     tg.start_soon(self._tracked, item)
-                if not claimed and not self.stopping:
+                if not self.may_find_more(claimed) and not self.stopping:
                     await self.signals.wait(self.name, self.interval_s)
 
     async def _tracked(self, item) -> None:

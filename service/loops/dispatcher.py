@@ -121,6 +121,9 @@ class Dispatcher(Loop):
         self._sending = 0
         self._in_flight: Counter[uuid.UUID] = Counter()  # per subscription, this process
         self._handoffs: asyncio.Queue[Send] = asyncio.Queue()
+        # Due deliveries were left waiting for room (by the last claim, or by `leases`): a
+        # finished send then wakes the loop to claim them. Otherwise it would claim nothing.
+        self._left_waiting = False
         self._outcomes = GroupCommit(db, self._record)
 
     def leases(self, subscription_ids: list[uuid.UUID], now: datetime) -> list[datetime | None]:
@@ -138,6 +141,7 @@ class Dispatcher(Loop):
                 leases.append(now + self.lease)
             else:
                 leases.append(None)
+                self._left_waiting = True
         return leases
 
     def take(self, handed: list) -> None:
@@ -175,6 +179,7 @@ class Dispatcher(Loop):
     async def claim(self) -> list[uuid.UUID]:
         capacity = SEND_CONCURRENCY - self._sending
         if capacity <= 0:
+            self._left_waiting = True  # not looked: a finished send looks again
             return []
         async with self.db.write() as session:
             if self.db.is_postgres:
@@ -190,6 +195,7 @@ class Dispatcher(Loop):
                     room[delivery.subscription_id] = free - 1
                     delivery.lease_expires_at = now + self.lease
                     claimed.append(delivery)
+            self._left_waiting = len(rows) >= capacity or len(claimed) < len(rows)
             sends = await _with_what_they_carry(session, claimed)
         for send in sends:
             self._started(send)
@@ -242,7 +248,8 @@ class Dispatcher(Loop):
             self._in_flight[send.subscription.id] -= 1
             if not self._in_flight[send.subscription.id]:
                 del self._in_flight[send.subscription.id]
-            self.signals.wake(self.name)  # room for the next claim
+            if self._left_waiting:
+                self.signals.wake(self.name)  # room for what the last claim left
 
     async def _send(self, send: "Send") -> None:
         delivery, subscription, event = send.delivery, send.subscription, send.event
