@@ -228,6 +228,7 @@ async def test_the_sse_parser_follows_the_standard(browser, sqlite_url):
                 const parser = new SSEParser({
                     onMessage: (m) => out.push(m),
                     onComment: (c) => out.push({ comment: c }),
+                    onId: (id) => out.push({ idOnly: id }),
                 });
                 chunks.forEach((chunk) => parser.feed(chunk));
                 return { out, lastEventId: parser.lastEventId, retry: parser.retry };
@@ -240,6 +241,7 @@ async def test_the_sse_parser_follows_the_standard(browser, sqlite_url):
         {"id": "1", "event": "a", "data": "x\ny"},
         {"id": "1", "event": "message", "data": "z"},
         {"id": "", "event": "message", "data": " spaced"},
+        {"idOnly": "3"},  # an id with no data: no event, but the id to resume from
     ]
     assert parsed["lastEventId"] == "3"
     assert parsed["retry"] == 500
