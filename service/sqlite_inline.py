@@ -21,6 +21,7 @@ unchanged; `sqlite3` calls are never concurrent on one connection (SQLAlchemy aw
 """
 
 import sqlite3
+import threading
 from collections.abc import Callable
 
 import aiosqlite
@@ -35,18 +36,34 @@ class InlineConnection(aiosqlite.Connection):
     _holds_write_lock = False  # the open transaction began with BEGIN IMMEDIATE
     _changes_at_begin = 0
     busy_timeout_ms = 5000  # sqlite3's default; `connect` sets the caller's
+    # Calls still running in the thread. A cancelled caller stops waiting, not the call: until
+    # it ends, nothing runs inline (the connection is never used from both threads at once).
+    _in_thread = 0
+    _in_thread_lock = threading.Lock()
 
     async def _execute(self, fn, *args, **kwargs):
         conn = self._connection
-        if conn is not None and self._running:
+        if conn is not None and self._running and not self._in_thread:
             if self._inline(conn, fn, args):
                 return fn(*args, **kwargs)
             if _takes_the_write_lock(fn, args) and self._took_it_at_once(conn, fn, args):
                 return fn.__self__
-        result = await super()._execute(fn, *args, **kwargs)
+        if not self._running or conn is None:
+            return await super()._execute(fn, *args, **kwargs)  # closed: aiosqlite says so
+        with self._in_thread_lock:
+            self._in_thread += 1  # from now (queued) until the thread has run it
+        result = await super()._execute(self._counted, fn, args, kwargs)
         if conn is not None:
             self._note_begin(conn, fn, args)
         return result
+
+    def _counted(self, fn: Callable, args: tuple, kwargs: dict):
+        """In the thread: `fn`, then it no longer counts as running there."""
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._in_thread_lock:
+                self._in_thread -= 1
 
     def _inline(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> bool:
         name, owner = getattr(fn, "__name__", ""), getattr(fn, "__self__", None)

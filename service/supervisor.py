@@ -60,6 +60,8 @@ class Supervisor:
                 async with anyio.create_task_group() as watchers:
                     with theirs, self.sock:  # the children hold them now
                         for _ in range(self.count):
+                            if self.stopping:
+                                break  # a signal or a death came while starting: no more
                             child = await self._start(theirs)
                             watchers.start_soon(self._watch, child)
                 tg.cancel_scope.cancel()
@@ -73,6 +75,9 @@ class Supervisor:
             command, stdin=None, stdout=None, stderr=None, env=self.env, pass_fds=fds
         )
         self.children.append(child)
+        if self.stopping:  # the stop came while it started: it stops with the others
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
         return child
 
     async def _watch(self, child: Process) -> None:
@@ -148,11 +153,14 @@ async def _stop_requested(parent: socket.socket) -> None:
             tg.cancel_scope.cancel()
 
         tg.start_soon(orphaned)
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
-            async for _ in received:
-                break
+        try:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
+                async for _ in received:
+                    break
+        finally:
+            # On a PaaS both the platform and the supervisor send SIGTERM: the second must not
+            # cut the drain short (the platform's SIGKILL still ends a drain that overruns).
+            # Set with no await after the receiver puts the default handlers back.
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         tg.cancel_scope.cancel()
-    # On a PaaS both the platform and the supervisor send SIGTERM: the second one must not
-    # cut the drain short (the platform's SIGKILL still ends a drain that overruns).
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)

@@ -199,8 +199,8 @@ class Admission(Loop):
 
     async def claim(self) -> list[JobRecord]:
         room = SUBMIT_CONCURRENCY - self._submitting
-        self._room_ran_out = room <= 0
         if room <= 0:
+            self._room_ran_out = True
             return []
         self._passed_over = False
         async with self.db.write() as session:
@@ -323,6 +323,8 @@ class Admission(Loop):
         )
         if retry and now - job.created_at < GIVE_UP_AFTER:
             self._requeue(job, exc, now)
+            if await jobs_wait_for_slots(session, now):
+                await self.signals.after_commit(session, self.name)  # its slot has takers
             return
         await self._fail(session, job, _reason(exc), now)
 
