@@ -111,6 +111,9 @@ class JobEvent(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_job_events_tenant_seq", "tenant_id", "seq"),
         sa.Index("ix_job_events_job_seq", "job_id", "seq"),
+        # A sequence number is never handed out twice, even after the newest event is pruned
+        # (a client may hold it to resume after); PostgreSQL's sequences never reuse either.
+        {"sqlite_autoincrement": True},
     )
     seq: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id")

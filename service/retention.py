@@ -6,7 +6,7 @@ deliveries, in batches under the same lock.
 
 Never deleted: a job that is not finished, a `Ready` whose image is not stored yet, or one
 that is still owed a delivery (a pending callback waits for it); a job-less event still owed
-a delivery, or the newest event of all (see `prunable_events`).
+a delivery. A pruned event's sequence number is never handed out again.
 The image's bytes (file or object) are removed after the rows' transaction commits, so a crash
 can leave an orphan object but never a row that points at nothing. On SQLite the freed pages
 go back to the file system (`auto_vacuum=INCREMENTAL`, then `PRAGMA incremental_vacuum`).
@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import func
-from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from service import jobs
@@ -68,15 +67,12 @@ def prunable(cutoff: datetime, limit: int):
 
 
 def prunable_events(cutoff: datetime, limit: int):
-    """Events about no job from before `cutoff`, owed nothing. The newest event of all stays:
-    SQLite (no AUTOINCREMENT) would hand its sequence number out again, and a stream may have
-    given that number to a client as the id to resume after."""
+    """Events about no job from before `cutoff`, owed nothing. (Their sequence numbers are
+    never handed out again: AUTOINCREMENT on SQLite, a sequence on PostgreSQL.)"""
     owed = sa.exists().where(Delivery.event_seq == JobEvent.seq, Delivery.status == PENDING)
-    newest = sa.select(func.max(aliased(JobEvent).seq)).scalar_subquery()
     return (
         select(JobEvent.seq)
         .where(JobEvent.job_id.is_(None), JobEvent.created_at < cutoff, ~owed)
-        .where(JobEvent.seq < newest)
         .order_by(JobEvent.seq)
         .limit(limit)
     )
