@@ -26,7 +26,7 @@ import httpx
 
 from bench import listen, wire
 from bench.loadgen import open_loop
-from bench.pipeline import sustained
+from bench.pipeline import Plan, sustained
 from bench.processes import Process, ProcessMeter, cpu_seconds, free_port, run, spawn, start
 from bench.stack import SUBMIT_POOL, Databases, Stack, fluxhook_env, running_emulator
 from bench.stats import latency_ms
@@ -35,18 +35,7 @@ DRAIN_S = 30.0  # after the last submit; a job not done by then counts as never 
 START_S = 60.0  # for every serve process to be up
 
 
-@dataclass(frozen=True)
-class Plan:
-    rate: float
-    seconds: float
-    latency_s: float = 0.5  # the emulated model's run time
-
-    @property
-    def jobs(self) -> int:
-        return int(self.rate * self.seconds)
-
-
-FULL = Plan(rate=150, seconds=6)
+FULL = Plan(rate=150, seconds=6)  # the pipeline's plan, at a rate one process can nearly keep
 SMOKE = Plan(rate=10, seconds=1.5)
 
 

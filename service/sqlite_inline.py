@@ -46,15 +46,14 @@ class InlineConnection(aiosqlite.Connection):
         if conn is not None and self._running and not self._in_thread:
             if self._inline(conn, fn, args):
                 return fn(*args, **kwargs)
-            if _takes_the_write_lock(fn, args) and self._took_it_at_once(conn, fn, args):
+            if _begin_words(fn, args) == ["IMMEDIATE"] and self._took_it_at_once(conn, fn, args):
                 return fn.__self__
         if not self._running or conn is None:
             return await super()._execute(fn, *args, **kwargs)  # closed: aiosqlite says so
         with self._in_thread_lock:
             self._in_thread += 1  # from now (queued) until the thread has run it
         result = await super()._execute(self._counted, fn, args, kwargs)
-        if conn is not None:
-            self._note_begin(conn, fn, args)
+        self._note_begin(conn, fn, args)
         return result
 
     def _counted(self, fn: Callable, args: tuple, kwargs: dict):
@@ -107,20 +106,21 @@ class InlineConnection(aiosqlite.Connection):
 
     def _note_begin(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> None:
         """After a call in the thread: a BEGIN IMMEDIATE that succeeded holds the lock."""
-        if getattr(fn, "__name__", "") == "execute" and args and isinstance(args[0], str):
-            head = args[0].lstrip()[:24].upper().split()[:2]
-            if head[:1] == ["BEGIN"] and conn.in_transaction:
-                self._began(conn, writes=head[1:] in (["IMMEDIATE"], ["EXCLUSIVE"]))
+        words = _begin_words(fn, args)
+        if words is not None and conn.in_transaction:
+            self._began(conn, writes=words in (["IMMEDIATE"], ["EXCLUSIVE"]))
 
     def _began(self, conn: sqlite3.Connection, *, writes: bool) -> None:
         self._holds_write_lock = writes
         self._changes_at_begin = conn.total_changes
 
 
-def _takes_the_write_lock(fn: Callable, args: tuple) -> bool:
+def _begin_words(fn: Callable, args: tuple) -> list[str] | None:
+    """For a call that executes BEGIN, the word after it ([] when deferred); else None."""
     if getattr(fn, "__name__", "") != "execute" or not args or not isinstance(args[0], str):
-        return False
-    return args[0].lstrip()[:24].upper().split()[:2] == ["BEGIN", "IMMEDIATE"]
+        return None
+    words = args[0].lstrip()[:24].upper().split()[:2]
+    return words[1:] if words[:1] == ["BEGIN"] else None
 
 
 def _carries_a_big_blob(params: tuple) -> bool:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 
 import anyio
+import pytest
 import sqlalchemy as sa
 
 from service.db import Database, create_engine
@@ -16,8 +17,11 @@ from service.settings import Settings
 BIG = b"\xff" * (256 * 1024)  # an image-sized parameter
 
 
-async def _database(sqlite_url: str) -> Database:
-    return Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
+@pytest.fixture
+async def db(sqlite_url):
+    database = Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
+    yield database
+    await database.dispose()
 
 
 async def _with_thread_function(session) -> None:
@@ -29,44 +33,31 @@ async def _thread_of(session, sql: str = "SELECT thread_id()", **params) -> int:
     return (await session.exec(sa.text(sql), params=params)).scalar_one()
 
 
-async def test_statements_inside_a_write_transaction_run_on_the_loop(sqlite_url):
-    db = await _database(sqlite_url)
-    try:
-        async with db.write() as session:
-            await _with_thread_function(session)
-            assert await _thread_of(session) == threading.get_ident()
-            big = await _thread_of(session, "SELECT thread_id() + 0 * length(:blob)", blob=BIG)
-            assert big != threading.get_ident()  # an image's copy goes to the thread
-    finally:
-        await db.dispose()
+async def test_statements_inside_a_write_transaction_run_on_the_loop(db):
+    async with db.write() as session:
+        await _with_thread_function(session)
+        assert await _thread_of(session) == threading.get_ident()
+        big = await _thread_of(session, "SELECT thread_id() + 0 * length(:blob)", blob=BIG)
+        assert big != threading.get_ident()  # an image's copy goes to the thread
 
 
-async def test_reads_run_on_the_loop(sqlite_url):
-    db = await _database(sqlite_url)
-    try:
-        async with db.read() as session:
-            await _with_thread_function(session)
-            assert await _thread_of(session) == threading.get_ident()
-    finally:
-        await db.dispose()
+async def test_reads_run_on_the_loop(db):
+    async with db.read() as session:
+        await _with_thread_function(session)
+        assert await _thread_of(session) == threading.get_ident()
 
 
-async def test_a_write_inside_a_read_transaction_goes_to_the_thread(sqlite_url):
-    db = await _database(sqlite_url)
-    try:
-        async with db.read() as session:
-            await _with_thread_function(session)
-            insert = "INSERT INTO app_secrets (name, value) VALUES ('t', 't') RETURNING thread_id()"
-            assert await _thread_of(session, insert) != threading.get_ident()
-    finally:
-        await db.dispose()
+async def test_a_write_inside_a_read_transaction_goes_to_the_thread(db):
+    async with db.read() as session:
+        await _with_thread_function(session)
+        insert = "INSERT INTO app_secrets (name, value) VALUES ('t', 't') RETURNING thread_id()"
+        assert await _thread_of(session, insert) != threading.get_ident()
 
 
-async def test_a_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url, tmp_path):
+async def test_a_writer_waits_for_another_process_without_blocking_the_loop(db, sqlite_url):
     """Another connection holds the write lock. The writer's BEGIN IMMEDIATE waits in the
     thread: the loop goes on running, so this test itself can let the lock go (were the wait
     on the loop, the test would be stuck until the busy timeout and the write would fail)."""
-    db = await _database(sqlite_url)
     other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -74,9 +65,8 @@ async def test_a_writer_waits_for_another_process_without_blocking_the_loop(sqli
 
         async def write() -> None:
             async with db.write() as session:
-                await session.exec(
-                    sa.text("INSERT INTO app_secrets (name, value) VALUES ('w', 'w')")
-                )
+                insert = "INSERT INTO app_secrets (name, value) VALUES ('w', 'w')"
+                await session.exec(sa.text(insert))
             assert released
 
         async with anyio.create_task_group() as tg:
@@ -89,4 +79,3 @@ async def test_a_writer_waits_for_another_process_without_blocking_the_loop(sqli
         assert "w" in names
     finally:
         other.close()
-        await db.dispose()
