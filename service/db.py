@@ -8,16 +8,21 @@ session and never commit.
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import sqlite_inline
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
 # 30 s: how long a SQLite writer waits for the lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30
 AFTER_COMMIT = "fluxhook.after_commit"
@@ -60,7 +65,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection) -> None:
         writes = connection.get_execution_options().get("fluxhook_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+        await_(connection.connection.driver_connection.begin(writes=writes))
 
 
 def before_commit(session: AsyncSession, name: str, hook: Callable[[], Awaitable[None]]) -> None:
@@ -115,6 +120,44 @@ class WriterTurns:
         self._busy = False
 
 
+class Checkpoints:
+    """SQLite: the WAL's pages copied back into the database file, in a thread.
+
+    A connection that commits past 1000 WAL pages would checkpoint inside its COMMIT (disk
+    I/O with an fsync), so connections are opened with `wal_autocheckpoint=0` and commit on the
+    event loop (`sqlite_inline`). This takes the checkpoints over: after a write, at most once
+    a second, a PASSIVE checkpoint (it waits for no reader or writer) on a connection of its
+    own in a worker thread. The last connection to close checkpoints whatever is left."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._last = time.monotonic()
+        self._running: asyncio.Future | None = None
+
+    def after_write(self) -> None:
+        if self._running is not None or time.monotonic() - self._last < self.EVERY_S:
+            return
+        self._last = time.monotonic()
+        self._running = asyncio.ensure_future(asyncio.to_thread(self._checkpoint))
+        self._running.add_done_callback(self._done)
+
+    def _checkpoint(self) -> None:
+        with contextlib.closing(sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _done(self, done: asyncio.Future) -> None:
+        self._running = None
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("SQLite WAL checkpoint failed: %s", done.exception())
+
+    async def wait(self) -> None:
+        """Until the checkpoint in progress, if any, has ended."""
+        if self._running is not None:
+            await asyncio.wait([self._running])
+
+
 class Database:
     """The one shared state: sessions for reading and for writing."""
 
@@ -128,6 +171,9 @@ class Database:
         # letting them contend for the file lock, avoids sqlite3's busy handler, which waits
         # in sleeps of up to 100 ms: throughput collapses under contention without this.
         self._writers = None if self.is_postgres else WriterTurns()
+        path = engine.url.database
+        in_memory = not path or path == ":memory:"
+        self._checkpoints = None if self.is_postgres or in_memory else Checkpoints(path)
 
     @contextlib.asynccontextmanager
     async def write(self, urgent: bool = False) -> AsyncIterator[AsyncSession]:
@@ -141,6 +187,8 @@ class Database:
                     await hook()
             for callback in session.info.pop(AFTER_COMMIT, []):
                 callback()
+        if self._checkpoints is not None:
+            self._checkpoints.after_write()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -148,6 +196,8 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        if self._checkpoints is not None:
+            await self._checkpoints.wait()
         await self.engine.dispose()
 
 

@@ -12,7 +12,9 @@ wait goes to the thread as before:
 
 - taking the write lock (`BEGIN IMMEDIATE`: another process may hold it, up to the busy
   timeout), and any statement outside a transaction (connect-time pragmas, migrations);
-- committing a transaction that wrote (the WAL append, and the occasional checkpoint's I/O);
+- committing a transaction that stored an image (its pages' copy into the WAL); other commits
+  only append a few pages to the WAL and run inline: connections never checkpoint on commit
+  (`wal_autocheckpoint=0`), `db.Checkpoints` does it in a thread instead;
 - a write inside a read transaction (it would have to take the lock), `executescript`,
   closing, and a statement carrying a large blob (an image being stored).
 
@@ -25,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 import aiosqlite
+from sqlalchemy.exc import DBAPIError
 
 BIG_PARAMETER_BYTES = 64 * 1024  # a blob this size is an image: its copy runs in the thread
 FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "close"})
@@ -34,7 +37,7 @@ class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose non-waiting calls run on the caller's thread."""
 
     _holds_write_lock = False  # the open transaction began with BEGIN IMMEDIATE
-    _changes_at_begin = 0
+    _carried_a_big_blob = False  # the open transaction stored an image: commit in the thread
     busy_timeout_ms = 5000  # sqlite3's default; `connect` sets the caller's
     # Calls still running in the thread. A cancelled caller stops waiting, not the call: until
     # it ends, nothing runs inline (the connection is never used from both threads at once).
@@ -56,6 +59,15 @@ class InlineConnection(aiosqlite.Connection):
         self._note_begin(conn, fn, args)
         return result
 
+    async def begin(self, *, writes: bool) -> None:
+        """BEGIN, or BEGIN IMMEDIATE to write: straight to the driver (SQLAlchemy's `begin`
+        event calls this; its statement machinery cost more than the BEGIN itself)."""
+        sql = "BEGIN IMMEDIATE" if writes else "BEGIN"
+        try:
+            await self._execute(self._connection.execute, sql)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from None
+
     def _counted(self, fn: Callable, args: tuple, kwargs: dict):
         """In the thread: `fn`, then it no longer counts as running there."""
         try:
@@ -69,7 +81,9 @@ class InlineConnection(aiosqlite.Connection):
         if owner is conn:
             if name == "cursor" or name == "rollback":
                 return True
-            return name == "commit" and conn.total_changes == self._changes_at_begin
+            if name == "execute" and args:
+                return self._statement_inline(conn, args[0], args[1:])
+            return name == "commit" and not self._carried_a_big_blob
         if not isinstance(owner, sqlite3.Cursor):
             return False
         if name in FETCHES:
@@ -88,6 +102,7 @@ class InlineConnection(aiosqlite.Connection):
         if not conn.in_transaction or head.startswith(("COMMIT", "END")):
             return False
         if _carries_a_big_blob(params):
+            self._carried_a_big_blob = True
             return False
         return self._holds_write_lock or head.startswith("SELECT")
 
@@ -112,7 +127,7 @@ class InlineConnection(aiosqlite.Connection):
 
     def _began(self, conn: sqlite3.Connection, *, writes: bool) -> None:
         self._holds_write_lock = writes
-        self._changes_at_begin = conn.total_changes
+        self._carried_a_big_blob = False
 
 
 def _begin_words(fn: Callable, args: tuple) -> list[str] | None:
@@ -147,7 +162,9 @@ def connect(database, *, iter_chunk_size: int = 64, **kwargs) -> InlineConnectio
     kwargs["check_same_thread"] = False
 
     def connector() -> sqlite3.Connection:
-        return sqlite3.connect(str(database), **kwargs)
+        connection = sqlite3.connect(str(database), **kwargs)
+        connection.execute("PRAGMA wal_autocheckpoint = 0")  # see db.Checkpoints
+        return connection
 
     connection = InlineConnection(connector, iter_chunk_size)
     connection.busy_timeout_ms = int(1000 * kwargs.get("timeout", 5.0))

@@ -4,6 +4,7 @@ Where a statement ran is read from SQLite itself: a SQL function that answers th
 thread calling it.
 """
 
+import os
 import sqlite3
 import threading
 
@@ -79,3 +80,23 @@ async def test_a_writer_waits_for_another_process_without_blocking_the_loop(db, 
         assert "w" in names
     finally:
         other.close()
+
+
+async def test_commits_leave_checkpoints_to_a_thread(db, sqlite_url):
+    """Connections never checkpoint in their COMMIT (that would be disk I/O on the loop); the
+    database's own checkpointer copies the WAL into the file after a write."""
+    path = sa.make_url(sqlite_url).database
+    db._checkpoints.EVERY_S = 0.0
+    async with db.write() as session:
+        connection = await session.connection()
+        autocheckpoint = await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")
+        assert autocheckpoint.scalar() == 0
+        size_before = _file_size(path)
+        insert = sa.text("INSERT INTO app_secrets (name, value) VALUES ('big', :value)")
+        await session.exec(insert, params={"value": "x" * len(BIG)})
+    await db._checkpoints.wait()
+    assert _file_size(path) > size_before + len(BIG) // 2  # its pages reached the file
+
+
+def _file_size(path: str) -> int:
+    return os.stat(path).st_size
