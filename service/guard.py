@@ -7,6 +7,8 @@ and connects to the address it checked, so the DNS answer cannot change in betwe
 exception is the configured upstream (BFL_API_URL and BFL_POLL_HOSTS origins: that is how the
 emulator on loopback serves as BFL), plus ALLOW_PRIVATE_TARGETS on the subscriber client.
 Redirects are never followed (the clients are built with follow_redirects=False).
+The connection itself is `service.netstream`'s asyncio stream (httpcore's anyio one costs
+most of a loopback round trip's CPU).
 """
 
 import socket
@@ -18,6 +20,7 @@ import httpcore
 import httpx
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
+from service.netstream import AsyncioBackend
 from service.targets import forbidden_address
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -59,7 +62,7 @@ class GuardedBackend(AsyncNetworkBackend):
         self._resolver = resolver
         self._allow_private = allow_private
         self._trusted = frozenset((host.lower(), port) for host, port in trusted)
-        self._inner = httpcore.AnyIOBackend()
+        self._inner = AsyncioBackend()
 
     async def connect_tcp(
         self, host: str, port: int, timeout=None, local_address=None, socket_options=None
