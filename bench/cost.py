@@ -12,6 +12,7 @@ stage costs; 1000 ms divided by the last row is what one core can sustain.
 import argparse
 import asyncio
 import contextlib
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -57,10 +58,10 @@ async def _until_idle(pid: int) -> float:
     raise RuntimeError(f"fluxhook was still busy after {SETTLE_LIMIT_S} s")
 
 
-async def main(engines: list[str], profile: Path | None) -> None:
+async def main(engines: list[str], profile: Path | None, runs: int = 1) -> None:
     if profile is not None:
         profiling.TARGET.set(profile / "profile-cost")
-    print(f"fluxhook CPU per job, {JOBS} jobs at {RATE}/s (python -m bench.cost)")
+    print(f"fluxhook CPU per job, {JOBS} jobs at {RATE}/s (python -m bench.cost, {_of(runs)})")
     with tempfile.TemporaryDirectory(prefix="fluxhook-cost-") as tmp:
         databases = Databases(Path(tmp))
         try:
@@ -69,10 +70,22 @@ async def main(engines: list[str], profile: Path | None) -> None:
                     print("postgres: skipped (no PostgreSQL)")
                     continue
                 for stage in STAGES:
-                    cost = await measure(databases, Path(tmp), engine, stage)
-                    print(f"  {engine:<9} {stage:<28} {cost:7.2f} ms")
+                    workdir = Path(tmp)
+                    costs = [await measure(databases, workdir, engine, stage) for _ in range(runs)]
+                    print(f"  {engine:<9} {stage:<28} {_summary(costs)}")
         finally:
             databases.close()
+
+
+def _of(runs: int) -> str:
+    return "1 run" if runs == 1 else f"median [min–max] of {runs} runs"
+
+
+def _summary(costs: list[float]) -> str:
+    """One run's figure, or the median of several with their range: on a shared machine the
+    cost of the same stage moves by ±0.5 ms (SQLite) or more (PostgreSQL) between runs."""
+    median = f"{statistics.median(costs):7.2f} ms"
+    return median if len(costs) == 1 else f"{median} [{min(costs):.2f}–{max(costs):.2f}]"
 
 
 if __name__ == "__main__":
@@ -81,7 +94,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile", type=Path, help="py-spy each stage; summaries go to this directory"
     )
+    parser.add_argument("--runs", type=int, default=1, help="runs per stage (median, range)")
     args = parser.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(args.engines, args.profile))
+    asyncio.run(main(args.engines, args.profile, args.runs))
