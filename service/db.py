@@ -9,6 +9,7 @@ session and never commit.
 import asyncio
 import contextlib
 import logging
+import pathlib
 import sqlite3
 import time
 from collections import deque
@@ -127,12 +128,16 @@ class Checkpoints:
     I/O with an fsync), so connections are opened with `wal_autocheckpoint=0` and commit on the
     event loop (`sqlite_inline`). This takes the checkpoints over: after a write, at most once
     a second, a PASSIVE checkpoint (it waits for no reader or writer) on a connection of its
-    own in a worker thread. The last connection to close checkpoints whatever is left."""
+    own in a worker thread. The last connection to close checkpoints whatever is left.
+
+    It opens the file read-write without creating it: were the file removed, SQLite would
+    otherwise create an empty database in its place (and delete the WAL next to it)."""
 
     EVERY_S = 1.0
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        self._uri = pathlib.Path(path).absolute().as_uri() + "?mode=rw"
+        self._wal = sqlite_inline.wal_state(path)
         self._last = time.monotonic()
         self._running: asyncio.Future | None = None
 
@@ -144,7 +149,9 @@ class Checkpoints:
         self._running.add_done_callback(self._done)
 
     def _checkpoint(self) -> None:
-        with contextlib.closing(sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+        connect = sqlite3.connect(self._uri, timeout=SQLITE_BUSY_TIMEOUT_S, uri=True)
+        with contextlib.closing(connect) as conn:
+            self._wal.checkpoint_begins()  # the next write may start the WAL over: see WalState
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _done(self, done: asyncio.Future) -> None:

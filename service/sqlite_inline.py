@@ -22,6 +22,7 @@ The rules look only at what SQLAlchemy asks aiosqlite to do, so the ORM and Core
 unchanged; `sqlite3` calls are never concurrent on one connection (SQLAlchemy awaits each).
 """
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -33,11 +34,51 @@ BIG_PARAMETER_BYTES = 64 * 1024  # a blob this size is an image: its copy runs i
 FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "close"})
 
 
+class WalState:
+    """What the connections to one database file in this process share about its WAL.
+
+    The first write after a checkpoint has copied the whole WAL back starts the WAL over, and
+    SQLite syncs the new WAL header then (even with synchronous=NORMAL): an fsync, in whatever
+    thread that write runs. So after each checkpoint (`db.Checkpoints` counts them, before
+    each begins) write transactions commit in the thread until one that began after it has
+    written and committed there."""
+
+    __slots__ = ("checkpoints", "settled")
+
+    def __init__(self) -> None:
+        self.checkpoints = 0  # checkpoints begun
+        self.settled = 0  # the checkpoints a write that began after them committed in the thread
+
+    @property
+    def restart_pending(self) -> bool:
+        return self.settled != self.checkpoints
+
+    def checkpoint_begins(self) -> None:
+        """In the checkpointing thread, before the checkpoint."""
+        with _wal_states_lock:
+            self.checkpoints += 1
+
+
+_wal_states: dict[str, WalState] = {}
+_wal_states_lock = threading.Lock()
+
+
+def wal_state(database) -> WalState:
+    """The shared `WalState` of the database file at `database`."""
+    key = os.path.realpath(str(database))
+    with _wal_states_lock:
+        return _wal_states.setdefault(key, WalState())
+
+
 class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose non-waiting calls run on the caller's thread."""
 
     _holds_write_lock = False  # the open transaction began with BEGIN IMMEDIATE
     _carried_a_big_blob = False  # the open transaction stored an image: commit in the thread
+    _wal = WalState()  # `connect` sets the database file's own
+    _checkpoints_seen = 0  # `_wal.checkpoints` when the current call began
+    _began_after = 0  # `_wal.checkpoints` when the open transaction began (or earlier)
+    _changes_at_begin = 0  # `total_changes` then: whether the transaction wrote
     busy_timeout_ms = 5000  # sqlite3's default; `connect` sets the caller's
     # Calls still running in the thread. A cancelled caller stops waiting, not the call: until
     # it ends, nothing runs inline (the connection is never used from both threads at once).
@@ -46,6 +87,7 @@ class InlineConnection(aiosqlite.Connection):
 
     async def _execute(self, fn, *args, **kwargs):
         conn = self._connection
+        self._checkpoints_seen = self._wal.checkpoints  # before any BEGIN below takes a snapshot
         if conn is not None and self._running and not self._in_thread:
             if self._inline(conn, fn, args):
                 return fn(*args, **kwargs)
@@ -57,6 +99,8 @@ class InlineConnection(aiosqlite.Connection):
             self._in_thread += 1  # from now (queued) until the thread has run it
         result = await super()._execute(self._counted, fn, args, kwargs)
         self._note_begin(conn, fn, args)
+        if getattr(fn, "__self__", None) is conn and getattr(fn, "__name__", "") == "commit":
+            self._note_commit(conn)
         return result
 
     async def begin(self, *, writes: bool) -> None:
@@ -83,7 +127,7 @@ class InlineConnection(aiosqlite.Connection):
                 return True
             if name == "execute" and args:
                 return self._statement_inline(conn, args[0], args[1:])
-            return name == "commit" and not self._carried_a_big_blob
+            return name == "commit" and not self._carried_a_big_blob and not self._restarts(conn)
         if not isinstance(owner, sqlite3.Cursor):
             return False
         if name in FETCHES:
@@ -104,7 +148,18 @@ class InlineConnection(aiosqlite.Connection):
         if _carries_a_big_blob(params):
             self._carried_a_big_blob = True
             return False
-        return self._holds_write_lock or head.startswith("SELECT")
+        return (self._holds_write_lock and not self._restarts(conn)) or head.startswith("SELECT")
+
+    def _restarts(self, conn: sqlite3.Connection) -> bool:
+        """Whether this transaction's writes may start the WAL over (see `WalState`)."""
+        return self._wal.restart_pending and conn.in_transaction
+
+    def _note_commit(self, conn: sqlite3.Connection) -> None:
+        """After a COMMIT in the thread: if the transaction wrote and began after the last
+        checkpoint, any restart of the WAL has happened (there, not on the loop)."""
+        wal = self._wal
+        if conn.total_changes != self._changes_at_begin and self._began_after > wal.settled:
+            wal.settled = self._began_after
 
     def _took_it_at_once(self, conn: sqlite3.Connection, fn: Callable, args: tuple) -> bool:
         """BEGIN IMMEDIATE, inline without waiting: it succeeds unless another connection
@@ -128,6 +183,8 @@ class InlineConnection(aiosqlite.Connection):
     def _began(self, conn: sqlite3.Connection, *, writes: bool) -> None:
         self._holds_write_lock = writes
         self._carried_a_big_blob = False
+        self._began_after = self._checkpoints_seen
+        self._changes_at_begin = conn.total_changes
 
 
 def _begin_words(fn: Callable, args: tuple) -> list[str] | None:
@@ -167,6 +224,7 @@ def connect(database, *, iter_chunk_size: int = 64, **kwargs) -> InlineConnectio
         return connection
 
     connection = InlineConnection(connector, iter_chunk_size)
+    connection._wal = wal_state(database)
     connection.busy_timeout_ms = int(1000 * kwargs.get("timeout", 5.0))
     connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
     return connection

@@ -100,3 +100,53 @@ async def test_commits_leave_checkpoints_to_a_thread(db, sqlite_url):
 
 def _file_size(path: str) -> int:
     return os.stat(path).st_size
+
+
+INSERT_SECRET = sa.text("INSERT INTO app_secrets (name, value) VALUES (:name, 'v')")
+
+
+async def test_the_write_that_starts_the_wal_over_commits_in_the_thread(db):
+    """The first write after a checkpoint copied the whole WAL back starts the WAL over, and
+    SQLite syncs the new WAL header in that COMMIT (an fsync, even with synchronous=NORMAL):
+    that commit runs in the thread; the next one is back on the loop."""
+    db._checkpoints.EVERY_S = 0.0
+    async with db.write() as session:
+        await session.exec(INSERT_SECRET, params={"name": "before"})
+    await db._checkpoints.wait()  # it copied the whole WAL back: nothing else is reading
+    db._checkpoints.EVERY_S = 3600.0  # no other checkpoint in this test
+    commits: list[int] = []
+
+    def traced(sql: str) -> None:
+        if sql.startswith("COMMIT"):
+            commits.append(threading.get_ident())
+
+    for name in ("first", "second"):
+        async with db.write() as session:
+            connection = await (await session.connection()).get_raw_connection()
+            raw = connection.driver_connection._connection
+            raw.set_trace_callback(traced)
+            await session.exec(INSERT_SECRET, params={"name": name})
+        raw.set_trace_callback(None)
+    assert len(commits) == 2
+    assert commits[0] != threading.get_ident()
+    assert commits[1] == threading.get_ident()
+
+
+async def test_a_checkpoint_never_creates_a_removed_database(db, sqlite_url, caplog):
+    """The database file removed: the checkpoint fails (and says so) rather than create an
+    empty database in its place (which would also delete the WAL beside it)."""
+    path = sa.make_url(sqlite_url).database
+    async with db.write() as session:
+        await session.exec(INSERT_SECRET, params={"name": "w"})
+    await db._checkpoints.wait()
+    os.remove(path)
+    db._checkpoints.EVERY_S = 0.0
+    db._checkpoints.after_write()
+    await db._checkpoints.wait()
+    assert not _exists(path)
+    assert _exists(path + "-wal")
+    assert "SQLite WAL checkpoint failed" in caplog.text
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
