@@ -206,6 +206,12 @@ class AsyncioStream(AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> AsyncNetworkStream:
+        protocol = self._protocol
+        if protocol.eof or protocol.lost or self._closed or self._transport.is_closing():
+            # The peer already hung up: the loop's handshake would only write into a closed
+            # transport and wait for its own timeout (60 s), with nothing left to answer it.
+            await self.aclose()
+            raise httpcore.ConnectError(_lost_reason(protocol)) from protocol.exc
         try:
             if timeout is None:
                 transport = await self._loop.start_tls(

@@ -272,3 +272,28 @@ async def test_an_untrusted_certificate_is_a_connect_error(certificate):
         server.host = "localhost"
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await client.get(server.url("/tls"))
+
+
+async def test_start_tls_on_a_connection_the_server_already_closed_is_a_connect_error():
+    """The server hung up before the handshake began: a ConnectError at once, not a wait for
+    the loop's own 60 s handshake timeout (nothing would ever answer the ClientHello)."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        port = listener.sockets[0].getsockname()[1]
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+
+        async def hung_up():
+            await asyncio.sleep(0)
+            return stream.get_extra_info("is_readable") and stream._protocol.lost
+
+        await wait_for(hung_up, within_s=5)
+        with pytest.raises(httpcore.ConnectError):
+            async with asyncio.timeout(5):
+                await stream.start_tls(ssl.create_default_context(), "localhost")
+    finally:
+        listener.close()
+        await listener.wait_closed()
