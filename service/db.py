@@ -185,17 +185,25 @@ class Database:
     @contextlib.asynccontextmanager
     async def write(self, urgent: bool = False) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed on exit, rolled back on error, then after-commit hooks.
-        `urgent`: on SQLite, ahead of this process's other waiting writers (see WriterTurns)."""
+        `urgent`: on SQLite, ahead of this process's other waiting writers (see WriterTurns).
+
+        When after-commit hooks handed work on (an event to the streams, a callback to the
+        dispatcher), the writer then gives the event loop one turn before its caller goes on:
+        the tasks they woke (writing the SSE chunk, sending the POST) run first, instead of
+        after the caller's own follow-up (answering the requests of a group commit)."""
         turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
         async with turn, self._write() as session:
             async with session.begin():
                 yield session
                 for hook in session.info.pop(BEFORE_COMMIT, {}).values():
                     await hook()
-            for callback in session.info.pop(AFTER_COMMIT, []):
+            handed_on = session.info.pop(AFTER_COMMIT, [])
+            for callback in handed_on:
                 callback()
         if self._checkpoints is not None:
             self._checkpoints.after_write()
+        if handed_on:
+            await asyncio.sleep(0)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
