@@ -121,14 +121,14 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
             await session.exec(sa.select(lock))
     await session.flush()  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
+    if not postgres:  # to this process's streams, on commit: first, their chunk is the cheaper
+        for event in events:
+            signals.publish_after_commit(session, event)
     if await _add_deliveries(session, events, now, signals.deliveries):
         await signals.after_commit(session, "dispatcher")  # some wait for a dispatcher's claim
     if postgres:
         payloads = [notify_payload(event) for event in events]
         await session.exec(NOTIFY_ALL, params={"channel": EVENTS_CHANNEL, "payloads": payloads})
-    else:
-        for event in events:
-            signals.publish_after_commit(session, event)
 
 
 @dataclass

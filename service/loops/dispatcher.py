@@ -9,7 +9,6 @@ without a claim's round trip. Without room (load, or a busy subscription), new d
 wait for the claim as before.
 """
 
-import asyncio
 import logging
 import random
 import uuid
@@ -122,7 +121,7 @@ class Dispatcher(Loop):
         self._rng = rng or random.Random()
         self._sending = 0
         self._in_flight: Counter[uuid.UUID] = Counter()  # per subscription, this process
-        self._handoffs: asyncio.Queue[Send] = asyncio.Queue()
+        self._sends = None  # the running loop's task group: a handoff starts its send there
         # Due deliveries were left waiting for room (by the last claim, or by `leases`): a
         # finished send then wakes the loop to claim them. Otherwise it would claim nothing.
         self._left_waiting = False
@@ -132,7 +131,7 @@ class Dispatcher(Loop):
         """Inside the transaction that writes new deliveries: a lease for each that this
         process takes at once, None for each left to the claim. Handoffs use half of the
         send capacity, so claimed retries and other work always have room."""
-        room = SEND_CONCURRENCY // 2 - self._sending - self._handoffs.qsize()
+        room = SEND_CONCURRENCY // 2 - self._sending
         taken: Counter[uuid.UUID] = Counter()
         leases = []
         for subscription_id in subscription_ids:
@@ -153,7 +152,15 @@ class Dispatcher(Loop):
             # building ORM objects here cost more than the rest of the handoff.
             send = Send(SimpleNamespace(**row), subscription, event)
             self._started(send)
-            self._handoffs.put_nowait(send)
+            self._begin(send)
+
+    def _begin(self, send: "Send") -> None:
+        """A handed-over send starts at once, as a task of the running loop (no queue between:
+        its POST leaves on the event loop's next turn)."""
+        try:
+            self._sends.start_soon(self._tracked, send)
+        except (AttributeError, RuntimeError):  # the loop has stopped: give it back
+            self._cut_short.append(send)
 
     def _started(self, send: "Send") -> None:
         self._sending += 1
@@ -162,18 +169,11 @@ class Dispatcher(Loop):
     async def run(self) -> None:
         self.signals.deliveries = self
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._take_handoffs, tg)
+            async with anyio.create_task_group() as self._sends:
                 await super().run()
-                tg.cancel_scope.cancel()
         finally:
             self.signals.deliveries = None
-            while not self._handoffs.empty():  # leased but not begun: given back at shutdown
-                self._cut_short.append(self._handoffs.get_nowait())
-
-    async def _take_handoffs(self, tg) -> None:
-        while True:
-            tg.start_soon(self._tracked, await self._handoffs.get())
+            self._sends = None
 
     async def claim(self) -> list[uuid.UUID]:
         capacity = SEND_CONCURRENCY - self._sending
