@@ -105,6 +105,18 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
 
+async def _within(waiter: asyncio.Future, timeout: float | None, timed_out: type) -> None:
+    """Until `waiter` is done; after `timeout` seconds (None: no timer), `timed_out`."""
+    try:
+        if timeout is None:
+            await waiter
+        else:
+            async with asyncio.timeout(timeout):
+                await waiter
+    except TimeoutError as exc:
+        raise timed_out(str(exc)) from exc
+
+
 def _lost_reason(protocol: _Protocol) -> str:
     return str(protocol.exc or "the connection was closed")
 
@@ -137,15 +149,9 @@ class AsyncioStream(AsyncNetworkStream):
                 if protocol.exc is not None:
                     raise httpcore.ReadError(_lost_reason(protocol)) from protocol.exc
                 return b""
-            waiter = protocol.read_waiter = self._loop.create_future()
+            protocol.read_waiter = self._loop.create_future()
             try:
-                if timeout is None:
-                    await waiter
-                else:
-                    async with asyncio.timeout(timeout):
-                        await waiter
-            except TimeoutError as exc:
-                raise httpcore.ReadTimeout(str(exc)) from exc
+                await _within(protocol.read_waiter, timeout, httpcore.ReadTimeout)
             finally:
                 protocol.read_waiter = None
             if self._closed:
@@ -170,15 +176,9 @@ class AsyncioStream(AsyncNetworkStream):
         transport.write(buffer)
         if not protocol.writing_paused:
             return
-        waiter = protocol.drain_waiter = self._loop.create_future()
+        protocol.drain_waiter = self._loop.create_future()
         try:
-            if timeout is None:
-                await waiter
-            else:
-                async with asyncio.timeout(timeout):
-                    await waiter
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
+            await _within(protocol.drain_waiter, timeout, httpcore.WriteTimeout)
         finally:
             protocol.drain_waiter = None
         if protocol.lost:

@@ -152,7 +152,6 @@ async def test_is_readable_sees_pending_data_and_eof_without_consuming_them():
             await stream.write(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n", timeout=5)
 
             async def readable():
-                await asyncio.sleep(0)
                 return stream.get_extra_info("is_readable")
 
             await wait_for(readable, within_s=5)
@@ -188,7 +187,6 @@ async def test_cancellation_propagates():
         task = asyncio.create_task(client.get(server.url("/hang")))
 
         async def arrived():
-            await asyncio.sleep(0)
             return server.requests
 
         await wait_for(arrived, within_s=5)
@@ -287,7 +285,6 @@ async def test_start_tls_on_a_connection_the_server_already_closed_is_a_connect_
         stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
 
         async def hung_up():
-            await asyncio.sleep(0)
             return stream.get_extra_info("is_readable") and stream._protocol.lost
 
         await wait_for(hung_up, within_s=5)

@@ -157,9 +157,12 @@ class Dispatcher(Loop):
     def _begin(self, send: "Send") -> None:
         """A handed-over send starts at once, as a task of the running loop (no queue between:
         its POST leaves on the event loop's next turn)."""
+        if self._sends is None:  # the loop has stopped: give it back
+            self._cut_short.append(send)
+            return
         try:
             self._sends.start_soon(self._tracked, send)
-        except (AttributeError, RuntimeError):  # the loop has stopped: give it back
+        except RuntimeError:  # its task group has just closed
             self._cut_short.append(send)
 
     def _started(self, send: "Send") -> None:
