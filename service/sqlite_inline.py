@@ -84,6 +84,22 @@ class InlineConnection(aiosqlite.Connection):
     # it ends, nothing runs inline (the connection is never used from both threads at once).
     _in_thread = 0
     _in_thread_lock = threading.Lock()
+    _stopped: tuple = ()  # (the first `stop`'s future,) once the thread has been told to end
+
+    def stop(self):
+        """Tell the thread to close the connection and end; every later call answers the
+        first call's future. aiosqlite's thread ends at the first stop, so a second one would
+        queue work nobody runs and its waiter would wait forever: SQLAlchemy's terminate does
+        that when cancelled (force close, then its shielded graceful close finishes)."""
+        if not self._stopped:
+            self._stopped = (super().stop(),)
+        return self._stopped[0]
+
+    async def close(self) -> None:
+        if not self._stopped:
+            await super().close()
+        elif (stopping := self._stopped[0]) is not None:
+            await stopping  # told to end already: closing is the thread's last job
 
     async def _execute(self, fn, *args, **kwargs):
         conn = self._connection

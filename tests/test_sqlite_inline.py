@@ -4,6 +4,7 @@ Where a statement ran is read from SQLite itself: a SQL function that answers th
 thread calling it.
 """
 
+import asyncio
 import os
 import sqlite3
 import threading
@@ -12,8 +13,10 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
+from service import sqlite_inline
 from service.db import Database, create_engine
 from service.settings import Settings
+from tests.support.waiting import wait_for
 
 BIG = b"\xff" * (256 * 1024)  # an image-sized parameter
 
@@ -150,3 +153,21 @@ async def test_a_checkpoint_never_creates_a_removed_database(db, sqlite_url, cap
 
 def _exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+@pytest.mark.parametrize("close_queued_first", [True, False])
+async def test_a_close_and_a_forced_stop_both_end(tmp_path, close_queued_first):
+    """SQLAlchemy's terminate, cancelled mid-close, force-stops the connection and lets the
+    graceful close finish on its own: that close ends instead of waiting for a gone thread."""
+    connection = await sqlite_inline.connect(tmp_path / "closing.db")
+    graceful = asyncio.ensure_future(connection.close())
+    if close_queued_first:
+        await asyncio.sleep(0)  # one loop turn: the close's call is in the thread's queue
+    connection.stop()  # the force close
+    with anyio.fail_after(10):
+        await graceful
+
+    async def thread_ended() -> bool:
+        return not connection._thread.is_alive()
+
+    await wait_for(thread_ended)
