@@ -4,16 +4,19 @@ Nothing here commits. Whatever the caller commits together (a job's new state, i
 deliveries owed for it) is sent together; a rollback sends nothing.
 """
 
+import functools
 import json
 import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 from sqlalchemy import func, or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service import direct
 from service.db import before_commit, on_commit
 from service.jobs import TERMINAL_EVENTS
 from service.models import Delivery, JobEvent, Subscription
@@ -148,32 +151,79 @@ class StagedEvent:
 EVENTS = JobEvent.__table__
 DELIVERIES = Delivery.__table__
 SUBSCRIPTIONS = Subscription.__table__
-# The outbox's statements, built once (each caches its own cache key: no walk per event).
-INSERT_EVENTS = sa.insert(EVENTS).returning(EVENTS.c.seq)
-INSERT_DELIVERIES = sa.insert(DELIVERIES)
-SUBSCRIBERS = sa.select(SUBSCRIPTIONS).where(
-    SUBSCRIPTIONS.c.tenant_id.in_(sa.bindparam("tenants", expanding=True)),
-    SUBSCRIPTIONS.c.enabled,
-    or_(
-        SUBSCRIPTIONS.c.job_id.is_(None),
-        SUBSCRIPTIONS.c.job_id.in_(sa.bindparam("jobs", expanding=True)),
-    ),
+EVENT_COLUMNS = ("tenant_id", "job_id", "type", "data", "created_at")
+DELIVERY_COLUMNS = (
+    "id", "tenant_id", "subscription_id", "job_id", "event_seq", "event_type", "status",
+    "attempts", "next_attempt_at", "created_at", "lease_expires_at",
+)  # fmt: skip
+# The outbox's statements, run on the driver (`direct`): built once per shape, with at most
+# CHUNK rows or ids each (SQLite takes up to 32766 parameters, psycopg 65535).
+CHUNK = 200
+INSERT_DELIVERIES = sa.insert(DELIVERIES).values(
+    {name: sa.bindparam(name, type_=DELIVERIES.c[name].type) for name in DELIVERY_COLUMNS}
 )
 
 
-async def _insert_events(session: AsyncSession, events: list[StagedEvent]) -> None:
+@functools.lru_cache(maxsize=CHUNK)
+def _insert_events_of(count: int) -> sa.Insert:
+    """One INSERT of `count` events (parameters `<column>_<row>`), returning their seqs."""
     rows = [
-        {"tenant_id": e.tenant_id, "job_id": e.job_id, "type": e.type, "data": e.data,
-         "created_at": e.created_at}
-        for e in events
-    ]  # fmt: skip
-    # Rows of one multi-row INSERT draw ascending sequence numbers in the order given, so the
-    # sorted numbers match the rows (asking SQLAlchemy to keep parameter order instead makes
-    # it insert row by row on SQLite).
-    inserted = await session.exec(INSERT_EVENTS, params=rows)
-    seqs = sorted(inserted.scalars().all())
-    for event, seq in zip(events, seqs, strict=True):
-        event.seq = seq
+        {name: sa.bindparam(f"{name}_{i}", type_=EVENTS.c[name].type) for name in EVENT_COLUMNS}
+        for i in range(count)
+    ]
+    return sa.insert(EVENTS).values(rows).returning(EVENTS.c.seq)
+
+
+@functools.lru_cache(maxsize=256)
+def _subscribers_of(tenants: int, jobs: int | None) -> sa.Select:
+    """Enabled subscriptions of `tenant_<i>`: those for every job, and those for `job_<i>`
+    (`jobs` None: for any job; `_wants` picks)."""
+    ids = SUBSCRIPTIONS.c.tenant_id.type
+    query = sa.select(SUBSCRIPTIONS).where(
+        SUBSCRIPTIONS.c.tenant_id.in_(
+            [sa.bindparam(f"tenant_{i}", type_=ids) for i in range(tenants)]
+        ),
+        SUBSCRIPTIONS.c.enabled,
+    )
+    if jobs is None:
+        return query
+    for_every_job = SUBSCRIPTIONS.c.job_id.is_(None)
+    if not jobs:
+        return query.where(for_every_job)
+    for_these = SUBSCRIPTIONS.c.job_id.in_(
+        [sa.bindparam(f"job_{i}", type_=ids) for i in range(jobs)]
+    )
+    return query.where(or_(for_every_job, for_these))
+
+
+async def _subscribers(session: AsyncSession, events: list[StagedEvent]) -> list:
+    """The enabled subscriptions that may want some of `events` (attribute access)."""
+    tenants = sorted({event.tenant_id for event in events})
+    jobs = sorted({event.job_id for event in events if event.job_id})
+    found = []
+    for start in range(0, len(tenants), CHUNK):
+        chunk = tenants[start : start + CHUNK]
+        params = {f"tenant_{i}": tenant for i, tenant in enumerate(chunk)}
+        if len(jobs) <= CHUNK:
+            params |= {f"job_{i}": job for i, job in enumerate(jobs)}
+        query = _subscribers_of(len(chunk), len(jobs) if len(jobs) <= CHUNK else None)
+        found += await direct.fetch(session, query, params)
+    return [SimpleNamespace(**row) for row in found]
+
+
+async def _insert_events(session: AsyncSession, events: list[StagedEvent]) -> None:
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start : start + CHUNK]
+        params = {}
+        for i, e in enumerate(chunk):
+            params |= {f"tenant_id_{i}": e.tenant_id, f"job_id_{i}": e.job_id, f"type_{i}": e.type,
+                       f"data_{i}": e.data, f"created_at_{i}": e.created_at}  # fmt: skip
+        # Rows of one multi-row INSERT draw ascending sequence numbers in the order given, so
+        # the sorted numbers match the rows (RETURNING's order is not promised).
+        inserted = await direct.fetch(session, _insert_events_of(len(chunk)), params)
+        seqs = sorted(row["seq"] for row in inserted)
+        for event, seq in zip(chunk, seqs, strict=True):
+            event.seq = seq
 
 
 async def _add_deliveries(
@@ -183,10 +233,7 @@ async def _add_deliveries(
     a dispatcher in this process (`handoff`) that has room, they are leased to it here and
     handed over once the transaction commits: the callback leaves without a claim. Returns
     how many are left for a claim (then a dispatcher is worth waking)."""
-    tenants = sorted({event.tenant_id for event in events})
-    jobs = sorted({event.job_id for event in events if event.job_id})
-    params = {"tenants": tenants, "jobs": jobs}
-    subscriptions = (await session.exec(SUBSCRIBERS, params=params)).all()
+    subscriptions = await _subscribers(session, events)
     owed = [(e, s) for e in events for s in subscriptions if _wants(s, e)]
     if not owed:
         return 0
@@ -198,7 +245,7 @@ async def _add_deliveries(
          "created_at": now, "lease_expires_at": lease}
         for (event, subscription), lease in zip(owed, leases, strict=True)
     ]  # fmt: skip
-    await session.exec(INSERT_DELIVERIES, params=rows)
+    await direct.execute_many(session, INSERT_DELIVERIES, rows)
     leased = zip(rows, owed, strict=True)
     handed = [(row, s, e) for row, (e, s) in leased if row["lease_expires_at"] is not None]
     if handed:

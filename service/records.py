@@ -13,17 +13,18 @@ from collections import defaultdict
 import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service import direct
 from service.models import Job
 
 JOBS = Job.__table__
-# Built once: a statement object caches its own cache key, so SQLAlchemy finds the compiled
-# form without walking the statement again on every webhook.
-LOCK_JOBS = (
-    sa.select(JOBS)
-    .where(JOBS.c.id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(JOBS.c.id)
-    .with_for_update()
-)
+
+
+@functools.lru_cache(maxsize=512)
+def _lock_jobs_of(count: int) -> sa.Select:
+    """The jobs with ids `id_0`… `id_<count-1>`, locked (one statement per count: `direct`
+    runs no expanding IN)."""
+    ids = [sa.bindparam(f"id_{i}", type_=JOBS.c.id.type) for i in range(count)]
+    return sa.select(JOBS).where(JOBS.c.id.in_(ids)).order_by(JOBS.c.id).with_for_update()
 
 
 class JobRecord:
@@ -41,7 +42,10 @@ class JobRecord:
 
 async def lock_jobs(session: AsyncSession, ids) -> dict[uuid.UUID, JobRecord]:
     """The jobs with these ids, locked for this transaction (in id order: no deadlocks)."""
-    rows = (await session.exec(LOCK_JOBS, params={"ids": sorted(ids)})).mappings().all()
+    if not ids:
+        return {}
+    params = {f"id_{i}": job_id for i, job_id in enumerate(sorted(ids))}
+    rows = await direct.fetch(session, _lock_jobs_of(len(params)), params)
     return {row["id"]: JobRecord(row) for row in rows}
 
 
@@ -53,7 +57,7 @@ async def write_changes(session: AsyncSession, records) -> None:
             shape = tuple(sorted(changes))
             by_shape[shape].append({"job": record.id} | {f"v_{k}": v for k, v in changes.items()})
     for shape, params in by_shape.items():
-        await session.exec(_update_of(shape), params=params)
+        await direct.execute_many(session, _update_of(shape), params)
 
 
 @functools.lru_cache(maxsize=256)

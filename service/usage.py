@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service import jobs
+from service import direct, jobs
 from service.models import Job, Tenant, UsageDay
 
 USAGE = UsageDay.__table__
@@ -34,14 +34,17 @@ async def count_final(session: AsyncSession, job: Job, event_type: str, now: dat
 async def _add(session, tenant_id, day: date, model: str, status: str, count: int, cost: float):
     row = {"tenant_id": tenant_id, "day": day, "model": model, "status": status,
            "jobs": count, "cost": cost}  # fmt: skip
-    await session.exec(_upsert(session.bind.dialect.name), params=row)
+    await direct.execute(session, _upsert(session.bind.dialect.name), row)
 
 
 @functools.cache
 def _upsert(dialect_name: str) -> sa.Insert:
     """Add to the (tenant, day, model, status) row, creating it if needed (built once)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    upsert = dialect.insert(USAGE)
+    columns = ("tenant_id", "day", "model", "status", "jobs", "cost")
+    upsert = dialect.insert(USAGE).values(
+        {name: sa.bindparam(name, type_=USAGE.c[name].type) for name in columns}
+    )
     return upsert.on_conflict_do_update(
         index_elements=[USAGE.c.tenant_id, USAGE.c.day, USAGE.c.model, USAGE.c.status],
         set_={

@@ -29,7 +29,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from service import bfl as upstream
-from service import catalog, jobs, logs
+from service import catalog, direct, jobs, logs
 from service.batching import GroupCommit
 from service.db import Database
 from service.events import record_job_event
@@ -100,12 +100,16 @@ STALE_SUBMITS = (
     .limit(ROOM)
     .with_for_update(skip_locked=True)
 )
-SLOTS_HELD = sa.select(Job.slot_class, func.count()).where(Job.holds_slot).group_by(Job.slot_class)
+SLOTS_HELD = (
+    sa.select(Job.slot_class, func.count().label("held"))
+    .where(Job.holds_slot)
+    .group_by(Job.slot_class)
+)
 
 
 async def jobs_wait_for_slots(session, now: datetime) -> bool:
     """Whether Queued jobs are due for admission and hold no slot (the admission queue)."""
-    return (await session.exec(WAITING_FOR_SLOTS, params={"now": now})).first() is not None
+    return bool(await direct.fetch(session, WAITING_FOR_SLOTS, {"now": now}))
 
 
 @functools.lru_cache(maxsize=16)
@@ -228,12 +232,13 @@ class Admission(Loop):
 
     async def _stale(self, session, now: datetime, room: int) -> list[JobRecord]:
         """Submits that timed out or whose process died: their slot is already held."""
-        params = {"now": now, "room": room}
-        rows = (await session.exec(STALE_SUBMITS, params=params)).mappings().all()
+        rows = await direct.fetch(session, STALE_SUBMITS, {"now": now, "room": room})
         return [JobRecord(row) for row in rows]
 
     async def _fresh(self, session, now: datetime, room: int) -> list[JobRecord]:
-        used = dict((await session.exec(SLOTS_HELD)).all())
+        used = {
+            row["slot_class"]: row["held"] for row in await direct.fetch(session, SLOTS_HELD, {})
+        }
         slots = self.limits.total - sum(used.values())
         await self._watch_for_a_queue(session, now, slots)
         free = min(slots, room)
@@ -244,7 +249,7 @@ class Admission(Loop):
             order=self.order, kontext_allowed=free_kontext > 0, per_tenant=self.limits.per_tenant
         )
         admitted = []
-        rows = (await session.exec(query, params={"now": now, "free": free})).mappings().all()
+        rows = await direct.fetch(session, query, {"now": now, "free": free})
         for job in map(JobRecord, rows):
             if job.slot_class == KONTEXT_MAX:
                 if free_kontext <= 0:

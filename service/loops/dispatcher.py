@@ -9,6 +9,7 @@ without a claim's round trip. Without room (load, or a busy subscription), new d
 wait for the claim as before.
 """
 
+import functools
 import logging
 import random
 import uuid
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, or_
 from sqlmodel import select
 
-from service import schedule
+from service import direct, schedule
 from service.batching import GroupCommit
 from service.callbacks import body_for, headers_for, message_id
 from service.db import Database
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SEND_CONCURRENCY = 64
 DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
+ANSWERED_CHUNK = 200  # subscription ids per statement
 DELIVERIES, SUBSCRIPTIONS = Delivery.__table__, Subscription.__table__
 # The common outcome, a 2xx, in two statements for the whole batch (no rows loaded).
 MARK_DELIVERED = (
@@ -55,14 +57,17 @@ MARK_DELIVERED = (
         last_error=None,
     )
 )
-SUBSCRIBERS_ANSWERED = (
-    sa.update(SUBSCRIPTIONS)
-    .where(
-        SUBSCRIPTIONS.c.id.in_(sa.bindparam("subscriptions", expanding=True)),
-        SUBSCRIPTIONS.c.failing_since.is_not(None),
+
+
+@functools.lru_cache(maxsize=64)
+def _subscribers_answered(count: int) -> sa.Update:
+    """Subscriptions `subscription_<i>` answered: they are not failing (any more)."""
+    ids = [sa.bindparam(f"subscription_{i}", type_=SUBSCRIPTIONS.c.id.type) for i in range(count)]
+    return (
+        sa.update(SUBSCRIPTIONS)
+        .where(SUBSCRIPTIONS.c.id.in_(ids), SUBSCRIPTIONS.c.failing_since.is_not(None))
+        .values(failing_since=None)
     )
-    .values(failing_since=None)
-)
 
 
 @dataclass(frozen=True)
@@ -313,9 +318,12 @@ class Dispatcher(Loop):
         rows = [
             {"delivery": o.delivery_id, "now": now, "code": o.attempt.status_code} for o in outcomes
         ]
-        await session.exec(MARK_DELIVERED, params=rows)
+        await direct.execute_many(session, MARK_DELIVERED, rows)
         answered = sorted({o.subscription_id for o in outcomes})
-        await session.exec(SUBSCRIBERS_ANSWERED, params={"subscriptions": answered})
+        for start in range(0, len(answered), ANSWERED_CHUNK):
+            chunk = answered[start : start + ANSWERED_CHUNK]
+            params = {f"subscription_{i}": sub for i, sub in enumerate(chunk)}
+            await direct.execute(session, _subscribers_answered(len(chunk)), params)
         for outcome in outcomes:
             self.metrics.delivery_latency.observe((now - outcome.event_at).total_seconds())
 

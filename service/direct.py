@@ -1,0 +1,162 @@
+"""The hottest statements, compiled by SQLAlchemy once and run on the driver directly.
+
+A statement through the ORM session or Core costs 100–200 µs of CPU in SQLAlchemy's
+machinery (session, execution context, result objects), several times what SQLite or asyncpg
+spend on it, and a job crosses a couple of dozen. The statements here stay SQLAlchemy Core
+objects, built from the ORM models' tables, and SQLAlchemy compiles each once per engine: so
+the SQL, the parameter formats (UUIDs, UTC timestamps, JSON) and the result types are exactly
+what the ORM writes and reads. Only the execution skips the layers between:
+
+- parameters go through the compiled statement's own bind processors, in its positional order;
+- rows come back as plain dicts (column key → value) through its result processors;
+- on SQLite the driver is `sqlite_inline.InlineConnection` (its rules decide what runs on the
+  event loop); on PostgreSQL, psycopg's async connection, whose transaction the session's
+  is (psycopg opens it at the first statement, and prepares statements that recur).
+
+A statement here has no expanding (`IN`) parameter: the callers build one per list length.
+Pending ORM changes in the session are flushed first, as the session's own autoflush would.
+Driver errors come back as SQLAlchemy's `DBAPIError` subclasses, as from `session.exec`.
+"""
+
+import sqlite3
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+DRIVER = "fluxhook.driver_connection"
+
+
+class Compiled:
+    """One statement compiled for one dialect, with its processors in positional order."""
+
+    def __init__(self, statement: sa.Executable, dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.dialect = dialect
+        # SQLite's qmark style takes a tuple in `positiontup`'s order; psycopg's pyformat a
+        # dict by name.
+        self.positional = dialect.positional
+        names = compiled.positiontup if self.positional else list(compiled.binds)
+        processors = compiled._bind_processors
+        defaults = {name: bind.effective_value for name, bind in compiled.binds.items()}
+        self.binds = [(name, processors.get(name), defaults.get(name)) for name in names]
+        self.keys = [column[0] for column in compiled._result_columns]
+        self.types = [column[3] for column in compiled._result_columns]
+        self.returns_rows = bool(self.keys)
+        # SQLite's result processors need no type code from the driver: known now.
+        self.readers = self._readers(None) if dialect.name == "sqlite" else None
+
+    def parameters(self, params: dict) -> tuple | dict:
+        """A parameter used twice takes two positions in qmark style (one name in pyformat)."""
+        values = [
+            (name, process(value) if process is not None else value)
+            for name, process, default in self.binds
+            for value in (params.get(name, default),)
+        ]
+        return tuple(value for _, value in values) if self.positional else dict(values)
+
+    def _readers(self, type_codes: Sequence | None) -> list:
+        codes = type_codes or [None] * len(self.types)
+        return [
+            type_._cached_result_processor(self.dialect, code)
+            for type_, code in zip(self.types, codes, strict=True)
+        ]
+
+    def rows(self, raw_rows) -> list[dict]:
+        keys, readers = self.keys, self.readers
+        return [
+            {
+                key: (read(value) if read else value)
+                for key, read, value in zip(keys, readers, row, strict=True)
+            }
+            for row in raw_rows
+        ]
+
+
+_compiled: dict[tuple[sa.Executable, str], Compiled] = {}
+MAX_COMPILED = 2048  # statements come from bounded caches; this only guards against a leak
+
+
+def compiled(statement: sa.Executable, dialect) -> Compiled:
+    key = (statement, dialect.name)
+    found = _compiled.get(key)
+    if found is None:
+        if len(_compiled) >= MAX_COMPILED:
+            _compiled.clear()
+        found = _compiled[key] = Compiled(statement, dialect)
+    return found
+
+
+async def fetch(session: AsyncSession, statement: sa.Executable, params: dict) -> list[dict]:
+    """The rows of a statement that returns some (SELECT, or … RETURNING)."""
+    driver, plan = await _prepare(session, statement)
+    return await _run(driver, plan, plan.parameters(params), many=False)
+
+
+async def execute(session: AsyncSession, statement: sa.Executable, params: dict) -> None:
+    driver, plan = await _prepare(session, statement)
+    await _run(driver, plan, plan.parameters(params), many=False)
+
+
+async def execute_many(
+    session: AsyncSession, statement: sa.Executable, rows: Sequence[dict]
+) -> None:
+    """The statement once per parameter row (no result rows)."""
+    if not rows:
+        return
+    driver, plan = await _prepare(session, statement)
+    await _run(driver, plan, [plan.parameters(row) for row in rows], many=True)
+
+
+async def _prepare(session: AsyncSession, statement: sa.Executable):
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    driver = session.info.get(DRIVER)
+    if driver is None:
+        connection = await session.connection()  # begins the session's transaction
+        pooled = await connection.get_raw_connection()
+        driver = pooled.driver_connection  # SQLite: an InlineConnection; else psycopg's
+        session.info[DRIVER] = driver
+    return driver, compiled(statement, session.bind.dialect)
+
+
+async def _run(driver, plan: Compiled, parameters, *, many: bool) -> list[dict] | None:
+    try:
+        if plan.dialect.name == "sqlite":
+            raw_rows = await _run_sqlite(driver, plan, parameters, many)
+        else:
+            raw_rows = await _run_psycopg(driver, plan, parameters, many)
+    except Exception as exc:
+        sqlite = plan.dialect.name == "sqlite"
+        dbapi_error = sqlite3.Error if sqlite else plan.dialect.loaded_dbapi.Error
+        if not isinstance(exc, dbapi_error):
+            raise
+        raise DBAPIError.instance(plan.sql, parameters, exc, dbapi_error) from None
+    return plan.rows(raw_rows) if raw_rows is not None else None
+
+
+async def _run_sqlite(driver, plan: Compiled, parameters, many: bool):
+    """Through `InlineConnection._execute`: on the loop where it cannot wait, else its thread."""
+    cursor = await driver._execute(driver._connection.cursor)
+    if many:
+        await driver._execute(cursor.executemany, plan.sql, parameters)
+        return None
+    await driver._execute(cursor.execute, plan.sql, parameters)
+    return await driver._execute(cursor.fetchall) if plan.returns_rows else None
+
+
+async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
+    """On psycopg's own connection, as SQLAlchemy's adapter does (psycopg has its own lock,
+    and opens the transaction at the first statement, as for every statement of a session)."""
+    cursor = connection.cursor()
+    if many:
+        await cursor.executemany(plan.sql, parameters)
+        return None
+    await cursor.execute(plan.sql, parameters)
+    if not plan.returns_rows:
+        return None
+    if plan.readers is None:
+        plan.readers = plan._readers([column.type_code for column in cursor.description])
+    return await cursor.fetchall()
