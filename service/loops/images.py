@@ -15,10 +15,11 @@ from datetime import timedelta
 
 import anyio
 import httpx
+import sqlalchemy as sa
 from sqlalchemy import or_
 from sqlmodel import select
 
-from service import jobs, logs
+from service import direct, jobs, logs
 from service.batching import GroupCommit
 from service.bfl import BFLClient, BFLError
 from service.db import Database
@@ -40,6 +41,10 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 GIVE_UP_AFTER = timedelta(minutes=15)
 CLAIM_BATCH = 32
 EXPIRED_STATUSES = (401, 403, 404, 410)
+IMAGES = Image.__table__
+INSERT_IMAGE = sa.insert(IMAGES).values(
+    {column.key: sa.bindparam(column.key, type_=column.type) for column in IMAGES.c}
+)
 
 
 class FetchFailed(Exception):
@@ -236,7 +241,8 @@ class ImageFetcher(Loop):
         BFL's webhook committed; the link served the bytes while they arrived)."""
         if job is None or job.status != jobs.READY or job.image_stored:
             return False  # another process stored it first
-        session.add(image)
+        row = {column.key: getattr(image, column.key) for column in IMAGES.c}
+        await direct.execute(session, INSERT_IMAGE, row)
         job.image_stored, job.updated_at = True, now
         job.lease_expires_at = None
         return True
