@@ -26,6 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 DRIVER = "fluxhook.driver_connection"
+# PostgreSQL: a transaction-scoped advisory lock (held until commit or rollback).
+TAKE_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
 
 
 class Compiled:
@@ -98,6 +100,11 @@ async def fetch(session: AsyncSession, statement: sa.Executable, params: dict) -
 async def execute(session: AsyncSession, statement: sa.Executable, params: dict) -> None:
     driver, plan = await _prepare(session, statement)
     await _run(driver, plan, plan.parameters(params), many=False)
+
+
+async def pg_xact_lock(session: AsyncSession, key: int) -> None:
+    """PostgreSQL's `pg_advisory_xact_lock(key)`, on the driver."""
+    await execute(session, TAKE_LOCK, {"key": key})
 
 
 async def execute_many(

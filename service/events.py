@@ -13,7 +13,7 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import sqlalchemy as sa
-from sqlalchemy import func, or_
+from sqlalchemy import or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
@@ -120,8 +120,7 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
         # Held to commit, and taken before sequence numbers are drawn: a tenant's events then
         # commit in sequence order, which lets an SSE client resume from one Last-Event-ID.
         for tenant_id in sorted({event.tenant_id for event in events}):
-            lock = func.pg_advisory_xact_lock(tenant_lock_key(tenant_id))
-            await session.exec(sa.select(lock))
+            await direct.pg_xact_lock(session, tenant_lock_key(tenant_id))
     await session.flush()  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
     if not postgres:  # to this process's streams, on commit: first, their chunk is the cheaper
@@ -131,7 +130,7 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
         await signals.after_commit(session, "dispatcher")  # some wait for a dispatcher's claim
     if postgres:
         payloads = [notify_payload(event) for event in events]
-        await session.exec(NOTIFY_ALL, params={"channel": EVENTS_CHANNEL, "payloads": payloads})
+        await direct.execute(session, NOTIFY_ALL, {"channel": EVENTS_CHANNEL, "payloads": payloads})
 
 
 @dataclass

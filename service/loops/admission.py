@@ -209,7 +209,7 @@ class Admission(Loop):
         self._passed_over = False
         async with self.db.write() as session:
             if self.db.is_postgres:
-                await session.exec(sa.select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
+                await direct.pg_xact_lock(session, ADMISSION_LOCK)
             now = self.clock.now()
             stale = await self._stale(session, now, room)
             claimed = stale + await self._fresh(session, now, room - len(stale))

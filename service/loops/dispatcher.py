@@ -191,7 +191,7 @@ class Dispatcher(Loop):
         async with self.db.write() as session:
             if self.db.is_postgres:
                 # One claim at a time across processes, so the per-subscription count holds.
-                await session.exec(sa.select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
+                await direct.pg_xact_lock(session, DISPATCH_LOCK)
             now = self.clock.now()
             room = await self._room(session, now)
             rows = (await session.exec(self._due(now, capacity))).all()
