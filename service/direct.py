@@ -120,13 +120,16 @@ async def execute_many(
 async def _prepare(session: AsyncSession, statement: sa.Executable):
     if session.new or session.dirty or session.deleted:
         await session.flush()
-    driver = session.info.get(DRIVER)
-    if driver is None:
+    # The driver connection of the session's current transaction (after a commit, the next
+    # transaction may run on another connection of the pool).
+    transaction = session.sync_session.get_transaction()
+    known = session.info.get(DRIVER)
+    if transaction is None or known is None or known[0] is not transaction:
         connection = await session.connection()  # begins the session's transaction
         pooled = await connection.get_raw_connection()
-        driver = pooled.driver_connection  # SQLite: an InlineConnection; else psycopg's
-        session.info[DRIVER] = driver
-    return driver, compiled(statement, session.bind.dialect)
+        known = (session.sync_session.get_transaction(), pooled.driver_connection)
+        session.info[DRIVER] = known  # the driver: SQLite's InlineConnection, or psycopg's
+    return known[1], compiled(statement, session.bind.dialect)
 
 
 async def _run(driver, plan: Compiled, parameters, *, many: bool) -> list[dict] | None:
@@ -147,23 +150,26 @@ async def _run(driver, plan: Compiled, parameters, *, many: bool) -> list[dict] 
 async def _run_sqlite(driver, plan: Compiled, parameters, many: bool):
     """Through `InlineConnection._execute`: on the loop where it cannot wait, else its thread."""
     cursor = await driver._execute(driver._connection.cursor)
-    if many:
-        await driver._execute(cursor.executemany, plan.sql, parameters)
-        return None
-    await driver._execute(cursor.execute, plan.sql, parameters)
-    return await driver._execute(cursor.fetchall) if plan.returns_rows else None
+    try:
+        if many:
+            await driver._execute(cursor.executemany, plan.sql, parameters)
+            return None
+        await driver._execute(cursor.execute, plan.sql, parameters)
+        return await driver._execute(cursor.fetchall) if plan.returns_rows else None
+    finally:
+        await driver._execute(cursor.close)
 
 
 async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
     """On psycopg's own connection, as SQLAlchemy's adapter does (psycopg has its own lock,
     and opens the transaction at the first statement, as for every statement of a session)."""
-    cursor = connection.cursor()
-    if many:
-        await cursor.executemany(plan.sql, parameters)
-        return None
-    await cursor.execute(plan.sql, parameters)
-    if not plan.returns_rows:
-        return None
-    if plan.readers is None:
-        plan.readers = plan._readers([column.type_code for column in cursor.description])
-    return await cursor.fetchall()
+    async with connection.cursor() as cursor:
+        if many:
+            await cursor.executemany(plan.sql, parameters)
+            return None
+        await cursor.execute(plan.sql, parameters)
+        if not plan.returns_rows:
+            return None
+        if plan.readers is None:
+            plan.readers = plan._readers([column.type_code for column in cursor.description])
+        return await cursor.fetchall()

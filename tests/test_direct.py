@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
 from service.db import Database, create_engine
@@ -96,3 +98,15 @@ async def test_a_parameter_used_twice_is_sent_to_both_places(db):
     async with db.read() as session:
         stored = await session.get(Job, job.id)
     assert stored.updated_at == stored.finished_at == later
+
+
+async def test_after_a_commit_statements_run_in_the_sessions_next_transaction(db):
+    tenant_id = await _tenant(db)
+    first, second = _job(tenant_id), _job(tenant_id)
+    async with async_sessionmaker(db.engine, class_=AsyncSession)() as session:
+        await direct.execute(session, INSERT_JOB, {c.key: getattr(first, c.key) for c in JOBS.c})
+        await session.commit()  # the next transaction may have another pooled connection
+        await direct.execute(session, INSERT_JOB, {c.key: getattr(second, c.key) for c in JOBS.c})
+        await session.commit()
+    async with db.read() as session:
+        assert await session.get(Job, first.id) and await session.get(Job, second.id)
