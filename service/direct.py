@@ -48,18 +48,18 @@ class Compiled:
         self.types = [column[3] for column in compiled._result_columns]
         self.returns_rows = bool(self.keys)
         # SQLite's result processors need no type code from the driver: known now.
-        self.readers = self._readers(None) if dialect.name == "sqlite" else None
+        self.readers = self.readers_for(None) if dialect.name == "sqlite" else None
 
     def parameters(self, params: dict) -> tuple | dict:
         """A parameter used twice takes two positions in qmark style (one name in pyformat)."""
-        values = [
-            (name, process(value) if process is not None else value)
-            for name, process, default in self.binds
-            for value in (params.get(name, default),)
-        ]
+        values = []
+        for name, process, default in self.binds:
+            value = params.get(name, default)
+            values.append((name, value if process is None else process(value)))
         return tuple(value for _, value in values) if self.positional else dict(values)
 
-    def _readers(self, type_codes: Sequence | None) -> list:
+    def readers_for(self, type_codes: Sequence | None) -> list:
+        """The result processors, given the driver's type code of each column (if needed)."""
         codes = type_codes or [None] * len(self.types)
         return [
             type_._cached_result_processor(self.dialect, code)
@@ -171,5 +171,5 @@ async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
         if not plan.returns_rows:
             return None
         if plan.readers is None:
-            plan.readers = plan._readers([column.type_code for column in cursor.description])
+            plan.readers = plan.readers_for([column.type_code for column in cursor.description])
         return await cursor.fetchall()

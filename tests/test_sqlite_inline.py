@@ -160,12 +160,21 @@ async def test_a_close_and_a_forced_stop_both_end(tmp_path, close_queued_first):
     """SQLAlchemy's terminate, cancelled mid-close, force-stops the connection and lets the
     graceful close finish on its own: that close ends instead of waiting for a gone thread."""
     connection = await sqlite_inline.connect(tmp_path / "closing.db")
+    gate = threading.Event()  # holds the connection's thread until both calls are queued
+    held = asyncio.ensure_future(connection._execute(gate.wait)) if close_queued_first else None
     graceful = asyncio.ensure_future(connection.close())
+
+    async def close_queued() -> bool:
+        return connection._in_thread == 2  # the held call, then the close's
+
     if close_queued_first:
-        await asyncio.sleep(0)  # one loop turn: the close's call is in the thread's queue
+        await wait_for(close_queued)
     connection.stop()  # the force close
+    gate.set()
     with anyio.fail_after(10):
         await graceful
+        if held is not None:
+            await held
 
     async def thread_ended() -> bool:
         return not connection._thread.is_alive()
