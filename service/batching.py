@@ -25,12 +25,19 @@ Apply = Callable[[AsyncSession, list], Awaitable[list]]
 
 class GroupCommit(Generic[Item, Result]):
     def __init__(
-        self, db: Database, apply: Apply, max_items: int = 256, urgent: bool = False
+        self,
+        db: Database,
+        apply: Apply,
+        max_items: int = 256,
+        urgent: bool = False,
+        on_driver: bool = False,
     ) -> None:
         """`apply(session, items)` makes the changes and returns one result per item;
-        `urgent` batches take SQLite's writer ahead of ordinary writers (`Database.write`)."""
-        self._db = db
+        `urgent` batches take SQLite's writer ahead of ordinary writers (`Database.write`);
+        `on_driver`: `apply` runs every statement through `direct`, so the batch's transaction
+        may be one on the driver (`Database.write_direct`)."""
         self._urgent = urgent
+        self._transaction = db.write_direct if on_driver else db.write
         self._apply = apply
         self._max_items = max_items
         self._queue: list[tuple[Item, asyncio.Future]] = []
@@ -73,7 +80,7 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _commit(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         try:
-            async with self._db.write(urgent=self._urgent) as session:
+            async with self._transaction(urgent=self._urgent) as session:
                 results = await self._apply(session, [item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:

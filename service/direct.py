@@ -16,6 +16,10 @@ what the ORM writes and reads. Only the execution skips the layers between:
 A statement here has no expanding (`IN`) parameter: the callers build one per list length.
 Pending ORM changes in the session are flushed first, as the session's own autoflush would.
 Driver errors come back as SQLAlchemy's `DBAPIError` subclasses, as from `session.exec`.
+
+The statements run in a session's transaction, or in a `Transaction` on the driver itself
+(`Database.write_direct`), for the group commits whose every statement is here: opening and
+committing a session's transaction costs several times its statements.
 """
 
 import sqlite3
@@ -77,6 +81,32 @@ class Compiled:
         ]
 
 
+class Transaction:
+    """A write transaction on the driver connection, without a session: `info` carries the
+    commit hooks (`db.before_commit`, `db.on_commit`) as a session's does."""
+
+    def __init__(self, driver, dialect) -> None:
+        self.driver = driver
+        self.dialect = dialect
+        self.info: dict = {}
+
+
+# Where the statements here run: a session's transaction, or one on the driver.
+InTransaction = AsyncSession | Transaction
+
+
+def dialect_of(transaction: InTransaction):
+    if isinstance(transaction, Transaction):
+        return transaction.dialect
+    return transaction.bind.dialect
+
+
+async def flush(transaction: InTransaction) -> None:
+    """A session's pending ORM changes, written now (a driver transaction has none)."""
+    if not isinstance(transaction, Transaction):
+        await transaction.flush()
+
+
 _compiled: dict[tuple[sa.Executable, str], Compiled] = {}
 MAX_COMPILED = 2048  # statements come from bounded caches; this only guards against a leak
 
@@ -91,24 +121,24 @@ def compiled(statement: sa.Executable, dialect) -> Compiled:
     return found
 
 
-async def fetch(session: AsyncSession, statement: sa.Executable, params: dict) -> list[dict]:
+async def fetch(session: InTransaction, statement: sa.Executable, params: dict) -> list[dict]:
     """The rows of a statement that returns some (SELECT, or … RETURNING)."""
     driver, plan = await _prepare(session, statement)
     return await _run(driver, plan, plan.parameters(params), many=False)
 
 
-async def execute(session: AsyncSession, statement: sa.Executable, params: dict) -> None:
+async def execute(session: InTransaction, statement: sa.Executable, params: dict) -> None:
     driver, plan = await _prepare(session, statement)
     await _run(driver, plan, plan.parameters(params), many=False)
 
 
-async def pg_xact_lock(session: AsyncSession, key: int) -> None:
+async def pg_xact_lock(session: InTransaction, key: int) -> None:
     """PostgreSQL's `pg_advisory_xact_lock(key)`, on the driver."""
     await execute(session, TAKE_LOCK, {"key": key})
 
 
 async def execute_many(
-    session: AsyncSession, statement: sa.Executable, rows: Sequence[dict]
+    session: InTransaction, statement: sa.Executable, rows: Sequence[dict]
 ) -> None:
     """The statement once per parameter row (no result rows)."""
     if not rows:
@@ -117,7 +147,9 @@ async def execute_many(
     await _run(driver, plan, [plan.parameters(row) for row in rows], many=True)
 
 
-async def _prepare(session: AsyncSession, statement: sa.Executable):
+async def _prepare(session: InTransaction, statement: sa.Executable):
+    if isinstance(session, Transaction):
+        return session.driver, compiled(statement, session.dialect)
     if session.new or session.dirty or session.deleted:
         await session.flush()
     # The driver connection of the session's current transaction (after a commit, the next

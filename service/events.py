@@ -115,13 +115,13 @@ async def record_job_event(
 
 async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> None:
     events = session.info.pop(STAGED)
-    postgres = session.bind.dialect.name == "postgresql"
+    postgres = direct.dialect_of(session).name == "postgresql"
     if postgres:
         # Held to commit, and taken before sequence numbers are drawn: a tenant's events then
         # commit in sequence order, which lets an SSE client resume from one Last-Event-ID.
         for tenant_id in sorted({event.tenant_id for event in events}):
             await direct.pg_xact_lock(session, tenant_lock_key(tenant_id))
-    await session.flush()  # the ORM's pending rows first: events point at them
+    await direct.flush(session)  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
     if not postgres:  # to this process's streams, on commit: first, their chunk is the cheaper
         for event in events:

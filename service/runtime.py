@@ -222,9 +222,10 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
         keys=KeyCache(),
     )
     # Urgent: BFL's webhooks are applied here, and someone waits for their events.
-    svc.job_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock), urgent=True)
+    act_on_jobs = functools.partial(_act_on_jobs, clock)
+    svc.job_commits = GroupCommit(db, act_on_jobs, urgent=True, on_driver=True)
     # Apart, so that a webhook's transaction never carries an image's bytes (`IMAGE_STORE=db`).
-    svc.image_commits = GroupCommit(db, functools.partial(_act_on_jobs, clock))
+    svc.image_commits = GroupCommit(db, act_on_jobs, on_driver=True)
     svc.submit_commits = GroupCommit(db, functools.partial(compat.create_jobs, svc))
     return svc
 

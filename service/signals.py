@@ -11,11 +11,12 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import func
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service import direct
 from service.db import on_commit
 
 WAKE_CHANNEL = "fluxhook_wake"
+WAKE_ALL = sa.select(func.pg_notify(WAKE_CHANNEL, sa.bindparam("name", type_=sa.Text)))
 
 
 class Signals:
@@ -43,15 +44,15 @@ class Signals:
             event.clear()
         return True
 
-    def publish_after_commit(self, session: AsyncSession, event) -> None:
+    def publish_after_commit(self, session: direct.InTransaction, event) -> None:
         """SQLite: hand the event to this process's hub once it has committed. (Writers are
         serialised, and after-commit hooks run in commit order, so events arrive in order.)"""
         if self.event_committed is not None:
             on_commit(session, lambda: self.event_committed(event))
 
-    async def after_commit(self, session: AsyncSession, *names: str) -> None:
+    async def after_commit(self, session: direct.InTransaction, *names: str) -> None:
         """Wake `names` here once the session commits, and (PostgreSQL) in every process."""
         for name in names:
             on_commit(session, lambda name=name: self.wake(name))
             if self._postgres:
-                await session.exec(sa.select(func.pg_notify(WAKE_CHANNEL, name)))
+                await direct.execute(session, WAKE_ALL, {"name": name})

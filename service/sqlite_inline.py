@@ -95,6 +95,10 @@ class InlineConnection(aiosqlite.Connection):
             self._stopped = (super().stop(),)
         return self._stopped[0]
 
+    @property
+    def is_open(self) -> bool:
+        return self._connection is not None and self._running and not self._stopped
+
     async def close(self) -> None:
         if not self._stopped:
             await super().close()

@@ -34,7 +34,7 @@ async def count_final(session: AsyncSession, job: Job, event_type: str, now: dat
 async def _add(session, tenant_id, day: date, model: str, status: str, count: int, cost: float):
     row = {"tenant_id": tenant_id, "day": day, "model": model, "status": status,
            "jobs": count, "cost": cost}  # fmt: skip
-    await direct.execute(session, _upsert(session.bind.dialect.name), row)
+    await direct.execute(session, _upsert(direct.dialect_of(session).name), row)
 
 
 @functools.cache

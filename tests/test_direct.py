@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
-from service.db import Database, create_engine
+from service.db import Database, before_commit, create_engine, on_commit
 from service.models import Job, Tenant
 from service.records import JOBS
 from service.settings import Settings
@@ -110,3 +111,103 @@ async def test_after_a_commit_statements_run_in_the_sessions_next_transaction(db
         await session.commit()
     async with db.read() as session:
         assert await session.get(Job, first.id) and await session.get(Job, second.id)
+
+
+def _row(job: Job) -> dict:
+    return {c.key: getattr(job, c.key) for c in JOBS.c}
+
+
+async def _stored(db: Database, job: Job) -> bool:
+    async with db.read() as session:
+        return await session.get(Job, job.id) is not None
+
+
+async def test_a_driver_transaction_commits_and_runs_its_hooks_in_order(db):
+    job, seen = _job(await _tenant(db)), []
+
+    async def before() -> None:
+        visible = await direct.fetch(tx, BY_ID, {"id": job.id}) != []
+        seen.append(("before commit, the row is visible inside", visible))
+
+    async with db.write_direct() as tx:
+        await direct.execute(tx, INSERT_JOB, _row(job))
+        before_commit(tx, "check", before)
+        on_commit(tx, lambda: seen.append(("after commit", "stored")))
+        assert seen == []
+    assert seen == [("before commit, the row is visible inside", True), ("after commit", "stored")]
+    assert await _stored(db, job)
+
+
+async def test_a_driver_transaction_that_raises_writes_nothing_and_the_next_one_works(db):
+    tenant_id = await _tenant(db)
+    first, second, after = _job(tenant_id), _job(tenant_id), []
+
+    async def insert_twice() -> None:
+        async with db.write_direct() as tx:
+            on_commit(tx, lambda: after.append("committed"))
+            await direct.execute(tx, INSERT_JOB, _row(first))
+            await direct.execute(tx, INSERT_JOB, _row(first))  # the same primary key
+
+    with pytest.raises(IntegrityError):
+        await insert_twice()
+    assert after == [] and not await _stored(db, first)
+    async with db.write_direct() as tx:
+        await direct.execute(tx, INSERT_JOB, _row(second))
+    assert await _stored(db, second)
+
+
+async def test_a_cancelled_driver_transaction_rolls_back_and_lets_other_writers_in(db):
+    tenant_id = await _tenant(db)
+    cancelled, later = _job(tenant_id), _job(tenant_id)
+    inside = anyio.Event()
+
+    async def write_then_wait() -> None:
+        async with db.write_direct() as tx:
+            await direct.execute(tx, INSERT_JOB, _row(cancelled))
+            inside.set()
+            await anyio.Event().wait()  # until cancelled
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write_then_wait)
+        await inside.wait()
+        tg.cancel_scope.cancel()
+    async with db.write() as session:  # a session's writer gets the lock
+        session.add(later)
+    assert not await _stored(db, cancelled) and await _stored(db, later)
+
+
+async def test_driver_transactions_and_sessions_take_turns_without_lock_errors(db):
+    tenant_id = await _tenant(db)
+    jobs = [_job(tenant_id) for _ in range(40)]
+
+    async def on_driver(job: Job) -> None:
+        async with db.write_direct() as tx:
+            await direct.execute(tx, INSERT_JOB, _row(job))
+
+    async def in_session(job: Job) -> None:
+        async with db.write() as session:
+            session.add(job)
+
+    async with anyio.create_task_group() as tg:
+        for index, job in enumerate(jobs):
+            tg.start_soon(on_driver if index % 2 else in_session, job)
+    async with db.read() as session:
+        count = (await session.exec(sa.select(sa.func.count()).select_from(JOBS))).one()[0]
+    assert count == len(jobs)
+
+
+async def test_a_sqlite_writer_connection_that_broke_is_opened_again(sqlite_url):
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
+    try:
+        tenant_id = await _tenant(db)
+        async with db.write_direct() as tx:
+            broken = tx.driver
+        await broken.close()  # as if the connection had died under it
+        job = _job(tenant_id)
+        async with db.write_direct() as tx:
+            assert tx.driver is not broken
+            await direct.execute(tx, INSERT_JOB, _row(job))
+        assert await _stored(db, job)
+    finally:
+        await db.dispose()
+

@@ -207,7 +207,7 @@ class Admission(Loop):
             self._room_ran_out = True
             return []
         self._passed_over = False
-        async with self.db.write() as session:
+        async with self.db.write_direct() as session:
             if self.db.is_postgres:
                 await direct.pg_xact_lock(session, ADMISSION_LOCK)
             now = self.clock.now()
