@@ -81,6 +81,16 @@ class Compiled:
         ]
 
 
+def insert_of(table: sa.Table) -> sa.Insert:
+    """An INSERT of one row of `table`, every column a parameter named by its key."""
+    return sa.insert(table).values({c.key: sa.bindparam(c.key, type_=c.type) for c in table.c})
+
+
+def row_of(model, table: sa.Table) -> dict:
+    """`insert_of(table)`'s parameters for an instance of the table's model."""
+    return {c.key: getattr(model, c.key) for c in table.c}
+
+
 class Transaction:
     """A write transaction on the driver connection, without a session: `info` carries the
     commit hooks (`db.before_commit`, `db.on_commit`) as a session's does."""

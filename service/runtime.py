@@ -226,7 +226,8 @@ async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncCl
     svc.job_commits = GroupCommit(db, act_on_jobs, urgent=True, on_driver=True)
     # Apart, so that a webhook's transaction never carries an image's bytes (`IMAGE_STORE=db`).
     svc.image_commits = GroupCommit(db, act_on_jobs, on_driver=True)
-    svc.submit_commits = GroupCommit(db, functools.partial(compat.create_jobs, svc))
+    create_jobs = functools.partial(compat.create_jobs, svc)
+    svc.submit_commits = GroupCommit(db, create_jobs, on_driver=True)
     return svc
 
 

@@ -15,7 +15,6 @@ from datetime import timedelta
 
 import anyio
 import httpx
-import sqlalchemy as sa
 from sqlalchemy import or_
 from sqlmodel import select
 
@@ -42,9 +41,7 @@ GIVE_UP_AFTER = timedelta(minutes=15)
 CLAIM_BATCH = 32
 EXPIRED_STATUSES = (401, 403, 404, 410)
 IMAGES = Image.__table__
-INSERT_IMAGE = sa.insert(IMAGES).values(
-    {column.key: sa.bindparam(column.key, type_=column.type) for column in IMAGES.c}
-)
+INSERT_IMAGE = direct.insert_of(IMAGES)
 
 
 class FetchFailed(Exception):
@@ -241,8 +238,7 @@ class ImageFetcher(Loop):
         BFL's webhook committed; the link served the bytes while they arrived)."""
         if job is None or job.status != jobs.READY or job.image_stored:
             return False  # another process stored it first
-        row = {column.key: getattr(image, column.key) for column in IMAGES.c}
-        await direct.execute(session, INSERT_IMAGE, row)
+        await direct.execute(session, INSERT_IMAGE, direct.row_of(image, IMAGES))
         job.image_stored, job.updated_at = True, now
         job.lease_expires_at = None
         return True
