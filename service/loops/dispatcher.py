@@ -130,7 +130,10 @@ class Dispatcher(Loop):
         # Due deliveries were left waiting for room (by the last claim, or by `leases`): a
         # finished send then wakes the loop to claim them. Otherwise it would claim nothing.
         self._left_waiting = False
-        self._outcomes = GroupCommit(db, self._record)
+        # Outcomes are group-committed: callbacks that answered 2xx (the hot path: every
+        # statement on the driver), and the others (retries, give-ups, disabled endpoints).
+        self._delivered = GroupCommit(db, self._record_delivered, on_driver=True)
+        self._undelivered = GroupCommit(db, self._record_others)
 
     def leases(self, subscription_ids: list[uuid.UUID], now: datetime) -> list[datetime | None]:
         """Inside the transaction that writes new deliveries: a lease for each that this
@@ -285,7 +288,8 @@ class Dispatcher(Loop):
         outcome = Outcome(
             delivery.id, send.subscription.id, attempt, error, decision, send.event.created_at
         )
-        await self._outcomes.submit(outcome)
+        delivered = decision.outcome == schedule.DELIVERED
+        await (self._delivered if delivered else self._undelivered).submit(outcome)
 
     async def _post(self, url: str, body: bytes, headers: dict) -> tuple[Attempt, str | None]:
         """One POST. Whatever it raises (a refused address, a URL httpx cannot send, a
@@ -302,19 +306,10 @@ class Dispatcher(Loop):
         error = None if response.is_success else f"HTTP {response.status_code}"
         return Attempt(response.status_code, retry_after), error
 
-    async def _record(self, session, outcomes: list["Outcome"]) -> list[None]:
-        """Group-committed: several deliveries' outcomes in one transaction. (A delivery
-        deleted in flight, with its subscription, matches no row: its attempt is not kept.)"""
+    async def _record_delivered(self, session, outcomes: list["Outcome"]) -> list[None]:
+        """Callbacks answered 2xx. (A delivery deleted in flight, with its subscription,
+        matches no row: its attempt is not kept.)"""
         now = self.clock.now()
-        delivered = [o for o in outcomes if o.decision.outcome == schedule.DELIVERED]
-        if delivered:
-            await self._record_delivered(session, delivered, now)
-        others = [o for o in outcomes if o.decision.outcome != schedule.DELIVERED]
-        if others:
-            await self._record_others(session, others, now)
-        return [None] * len(outcomes)
-
-    async def _record_delivered(self, session, outcomes: list["Outcome"], now) -> None:
         rows = [
             {"delivery": o.delivery_id, "now": now, "code": o.attempt.status_code} for o in outcomes
         ]
@@ -326,8 +321,12 @@ class Dispatcher(Loop):
             await direct.execute(session, _subscribers_answered(len(chunk)), params)
         for outcome in outcomes:
             self.metrics.delivery_latency.observe((now - outcome.event_at).total_seconds())
+        return [None] * len(outcomes)
 
-    async def _record_others(self, session, outcomes: list["Outcome"], now) -> None:
+    async def _record_others(self, session, outcomes: list["Outcome"]) -> list[None]:
+        """Failed attempts: retried later, given up, or their endpoint disabled. (A delivery
+        deleted in flight, with its subscription, matches no row: its attempt is not kept.)"""
+        now = self.clock.now()
         ids = [outcome.delivery_id for outcome in outcomes]
         query = select(Delivery).where(Delivery.id.in_(ids)).with_for_update()
         deliveries = {d.id: d for d in (await session.exec(query)).all()}
@@ -345,6 +344,7 @@ class Dispatcher(Loop):
                 continue
             subscription = subscriptions[delivery.subscription_id]
             await self._record_one(session, delivery, subscription, outcome, now)
+        return [None] * len(outcomes)
 
     async def _record_one(self, session, delivery, subscription, outcome, now) -> None:
         decision = outcome.decision
