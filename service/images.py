@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 
 from service.models import Image
+from service.records import new_row
 from service.settings import S3Access
 from service.stores import S3_SCHEME, Buckets, StoreError, delete_file, read_file, write_file
 
@@ -54,9 +55,11 @@ class ImageStore:
         self.directory = Path(spec.removeprefix("fs:")) if spec.startswith("fs:") else None
         self.buckets = Buckets(s3 or S3Access())
 
-    async def keep(self, job_id: uuid.UUID, data: bytes, content_type: str, now) -> Image:
-        """Write the bytes; return the row that points at them, for the caller to commit."""
-        image = Image(
+    async def keep(self, job_id: uuid.UUID, data: bytes, content_type: str, now):
+        """Write the bytes; return the row that points at them (an `Image` as a plain
+        object: `records.new_row`), for the caller to commit."""
+        image = new_row(
+            Image,
             job_id=job_id,
             content_type=content_type,
             size=len(data),

@@ -9,8 +9,10 @@ statement per shape of change.
 import functools
 import uuid
 from collections import defaultdict
+from types import SimpleNamespace
 
 import sqlalchemy as sa
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
@@ -38,6 +40,25 @@ class JobRecord:
             for name, value in vars(self).items()
             if not name.startswith("_") and self._loaded[name] != value
         }
+
+
+def new_row(model: type[SQLModel], /, **values) -> SimpleNamespace:
+    """A new row of `model`, as a plain object with its attributes: the model's defaults, then
+    `values`, which the caller gives in the columns' own types. (A table model's constructor
+    validates and instruments the instance: ~150 µs each, on the hot path.)"""
+    return SimpleNamespace(**(_defaults_of(model) | values))
+
+
+def new_job(**values) -> JobRecord:
+    return JobRecord(vars(new_row(Job, **values)))
+
+
+def _defaults_of(model: type[SQLModel]) -> dict:
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    }
 
 
 async def lock_jobs(session: AsyncSession, ids) -> dict[uuid.UUID, JobRecord]:

@@ -12,8 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
 from service.db import Database, before_commit, create_engine, on_commit
-from service.models import Job, Tenant
-from service.records import JOBS
+from service.models import IdempotencyKey, Image, Job, Subscription, Tenant
+from service.records import JOBS, new_row
 from service.settings import Settings
 
 NOW = datetime(2026, 12, 2, 15, 4, 5, 678901, tzinfo=UTC)
@@ -211,3 +211,13 @@ async def test_a_sqlite_writer_connection_that_broke_is_opened_again(sqlite_url)
     finally:
         await db.dispose()
 
+
+@pytest.mark.parametrize("model", [Job, Image, Subscription, IdempotencyKey])
+def test_a_new_plain_row_has_what_the_models_constructor_gives(model):
+    given = {name: f"value of {name}" for name, f in model.model_fields.items() if f.is_required()}
+    instance = model(**given)
+    plain = vars(new_row(model, **given))
+    built = {name: getattr(instance, name) for name in model.model_fields}
+    if "id" in built:  # a fresh uuid4 each
+        assert type(plain.pop("id")) is type(built.pop("id"))
+    assert plain == built

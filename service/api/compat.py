@@ -27,6 +27,7 @@ from service.api.http import NUMBER, error, read_body, services
 from service.api.jobs import load_job, wait_for_terminal
 from service.bfl import BFLError
 from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, Subscription
+from service.records import JobRecord, new_job, new_row
 from service.targets import TargetInvalid, target_url
 from service.views import bfl_result, submit_response
 
@@ -161,7 +162,8 @@ async def _create(svc, session, sub: Submission, now) -> dict:
         await direct.execute(session, INSERT_CALLBACK, direct.row_of(callback, SUBSCRIPTIONS))
     response = submit_response(job, svc.urls)
     if sub.key is not None:
-        key = IdempotencyKey(
+        key = new_row(
+            IdempotencyKey,
             tenant_id=sub.tenant_id,
             key=sub.key,
             request_hash=sub.request_hash,
@@ -191,8 +193,10 @@ async def _queue_cap_refusal(svc, session, sub: Submission) -> HTTPException | N
     return None
 
 
-def _new_job(tenant_id: uuid.UUID, spec, inputs: dict, price: catalog.Price | None, now) -> Job:
-    return Job(
+def _new_job(
+    tenant_id: uuid.UUID, spec, inputs: dict, price: catalog.Price | None, now
+) -> JobRecord:
+    return new_job(
         tenant_id=tenant_id,
         model=spec.name,
         status=jobs.QUEUED,
@@ -207,8 +211,9 @@ def _new_job(tenant_id: uuid.UUID, spec, inputs: dict, price: catalog.Price | No
     )
 
 
-def _job_callback(job: Job, url: str, secret: str | None, now) -> Subscription:
-    return Subscription(
+def _job_callback(job: JobRecord, url: str, secret: str | None, now):
+    return new_row(
+        Subscription,
         tenant_id=job.tenant_id,
         job_id=job.id,
         url=url,
