@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_, greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct, sqlite_inline
@@ -200,8 +200,9 @@ class SqliteWriter:
             connection = await self._open()
         try:
             await connection.begin(writes=True)
-            yield direct.Transaction(connection, self._dialect)
-            await connection.commit()
+            transaction = direct.Transaction(connection, self._dialect)
+            yield transaction
+            await direct.commit(transaction)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._roll_back(connection)
@@ -232,6 +233,49 @@ class SqliteWriter:
             await connection.close()
 
 
+class PostgresWriter:
+    """PostgreSQL: `Database.write_direct`'s transactions on a connection of the engine's pool
+    (checked out, pinged and returned as a session's is), through psycopg directly: psycopg
+    opens the transaction at the first statement; COMMIT or ROLLBACK end it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[direct.Transaction]:
+        pooled = await self._engine.raw_connection()
+        try:
+            transaction = direct.Transaction(pooled.driver_connection, self._engine.dialect)
+            yield transaction
+            await direct.commit(transaction)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._roll_back(pooled)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await greenlet_spawn(pooled.close)  # back to the pool
+
+    async def close(self) -> None:
+        """Nothing of its own: its connections are the pool's, disposed with the engine."""
+
+    @staticmethod
+    async def _roll_back(pooled) -> None:
+        try:
+            await pooled.driver_connection.rollback()
+        except Exception as exc:
+            log.warning("PostgreSQL connection failed; it leaves the pool", exc_info=True)
+            await greenlet_spawn(pooled.invalidate, exc)
+
+
+def _direct_writer(engine: AsyncEngine, in_memory: bool):
+    if engine.dialect.name == "postgresql":
+        return PostgresWriter(engine)
+    if in_memory or engine.url.query:
+        return None  # a session's transactions (`write_direct` falls back to `write`)
+    return SqliteWriter(engine.url.database, engine.dialect)
+
+
 class Database:
     """The one shared state: sessions for reading and for writing."""
 
@@ -248,8 +292,7 @@ class Database:
         path = engine.url.database
         in_memory = not path or path == ":memory:"
         self._checkpoints = None if self.is_postgres or in_memory else Checkpoints(path)
-        plain_file = not (self.is_postgres or in_memory or engine.url.query)
-        self._writer = SqliteWriter(path, engine.dialect) if plain_file else None
+        self._writer = _direct_writer(engine, in_memory)
 
     @contextlib.asynccontextmanager
     async def write(self, urgent: bool = False) -> AsyncIterator[AsyncSession]:
@@ -270,14 +313,16 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write_direct(self, urgent: bool = False) -> AsyncIterator[direct.InTransaction]:
-        """`write()` for work whose every statement runs through `direct`: on SQLite, a
-        transaction on this process's writer connection, without a session (its BEGIN and
-        COMMIT cost a tenth of a session's); elsewhere a session's, as `write()`."""
+        """`write()` for work whose every statement runs through `direct`: a transaction on
+        the driver, without a session (its BEGIN and COMMIT cost a tenth of a session's): on
+        SQLite on this process's writer connection, on PostgreSQL on one of the pool's. (An
+        in-memory SQLite database, or a URL with options, gets a session's, as `write()`.)"""
         if self._writer is None:
             async with self.write(urgent) as session:
                 yield session
             return
-        async with self._writers.turn(urgent), self._writer.transaction() as transaction:
+        turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
+        async with turn, self._writer.transaction() as transaction:
             yield transaction
             await _before_commit(transaction)
         await self._after_write(_after_commit(transaction))

@@ -181,12 +181,28 @@ async def _run(driver, plan: Compiled, parameters, *, many: bool) -> list[dict] 
         else:
             raw_rows = await _run_psycopg(driver, plan, parameters, many)
     except Exception as exc:
-        sqlite = plan.dialect.name == "sqlite"
-        dbapi_error = sqlite3.Error if sqlite else plan.dialect.loaded_dbapi.Error
-        if not isinstance(exc, dbapi_error):
+        if (error := _as_dbapi_error(exc, plan.dialect, plan.sql, parameters)) is None:
             raise
-        raise DBAPIError.instance(plan.sql, parameters, exc, dbapi_error) from None
+        raise error from None
     return plan.rows(raw_rows) if raw_rows is not None else None
+
+
+async def commit(transaction: Transaction) -> None:
+    """COMMIT a driver transaction; a driver error comes back as SQLAlchemy's, as above."""
+    try:
+        await transaction.driver.commit()
+    except Exception as exc:
+        if (error := _as_dbapi_error(exc, transaction.dialect, "COMMIT", None)) is None:
+            raise
+        raise error from None
+
+
+def _as_dbapi_error(exc: Exception, dialect, sql: str, parameters) -> DBAPIError | None:
+    """The driver's error as SQLAlchemy's `DBAPIError` subclass (None: not the driver's)."""
+    dbapi_error = sqlite3.Error if dialect.name == "sqlite" else dialect.loaded_dbapi.Error
+    if not isinstance(exc, dbapi_error):
+        return None
+    return DBAPIError.instance(sql, parameters, exc, dbapi_error)
 
 
 async def _run_sqlite(driver, plan: Compiled, parameters, many: bool):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -15,6 +15,7 @@ from service.db import Database, before_commit, create_engine, on_commit
 from service.models import IdempotencyKey, Image, Job, Subscription, Tenant
 from service.records import JOBS, new_row
 from service.settings import Settings
+from tests.support import postgres
 
 NOW = datetime(2026, 12, 2, 15, 4, 5, 678901, tzinfo=UTC)
 BY_ID = sa.select(JOBS).where(JOBS.c.id == sa.bindparam("id", type_=JOBS.c.id.type))
@@ -210,6 +211,64 @@ async def test_a_sqlite_writer_connection_that_broke_is_opened_again(sqlite_url)
         assert await _stored(db, job)
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster):
+    name = postgres.create_database(postgres_cluster)
+    yield postgres_cluster.url(name)
+    postgres.drop_database(postgres_cluster, name)
+
+
+async def test_a_postgres_connection_lost_mid_transaction_leaves_the_pool(postgres_url):
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
+    try:
+        tenant_id = await _tenant(db)
+        lost, job = _job(tenant_id), _job(tenant_id)
+        drivers = []
+
+        async def lose_the_connection() -> None:
+            async with db.write_direct() as tx:
+                drivers.append(tx.driver)
+                await _terminate(db, tx.driver.info.backend_pid)
+                await direct.execute(tx, INSERT_JOB, _row(lost))
+
+        with pytest.raises(DBAPIError):
+            await lose_the_connection()
+        [broken] = drivers
+        assert broken.closed
+        for _ in range(db.engine.pool.size() + 1):  # every pooled connection, and one more
+            async with db.write_direct() as tx:
+                assert tx.driver is not broken
+        async with db.write_direct() as tx:
+            await direct.execute(tx, INSERT_JOB, _row(job))
+        assert await _stored(db, job) and not await _stored(db, lost)
+    finally:
+        await db.dispose()
+
+
+async def test_postgres_driver_transactions_give_their_connections_back(postgres_url):
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
+    try:
+        tenant_id = await _tenant(db)
+        duplicate = _job(tenant_id)
+
+        async def insert_twice() -> None:
+            async with db.write_direct() as tx:
+                await direct.execute(tx, INSERT_JOB, _row(duplicate))
+                await direct.execute(tx, INSERT_JOB, _row(duplicate))
+
+        for _ in range(db.engine.pool.size() + 2):  # more than the pool holds
+            with pytest.raises(IntegrityError):
+                await insert_twice()
+        assert db.engine.pool.checkedout() == 0
+    finally:
+        await db.dispose()
+
+
+async def _terminate(db: Database, backend_pid: int) -> None:
+    async with db.engine.connect() as connection:
+        await connection.execute(sa.select(sa.func.pg_terminate_backend(backend_pid)))
 
 
 @pytest.mark.parametrize("model", [Job, Image, Subscription, IdempotencyKey])
