@@ -70,10 +70,15 @@ async def _before_commit(transaction) -> None:
 
 
 def _after_commit(transaction) -> list:
-    """Runs the after-commit callbacks; returns them (some work was handed on, if any)."""
+    """Runs the after-commit callbacks; returns them (some work was handed on, if any). One
+    that raises is logged and the others run: the transaction has committed, and its
+    caller must not take it for failed (a group commit would make its changes again)."""
     handed_on = transaction.info.pop(AFTER_COMMIT, [])
     for callback in handed_on:
-        callback()
+        try:
+            callback()
+        except Exception:
+            log.exception("an after-commit callback failed (the transaction had committed)")
     return handed_on
 
 
@@ -210,7 +215,12 @@ class SqliteWriter:
 
     async def _open(self) -> sqlite_inline.InlineConnection:
         connection = await sqlite_inline.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_S)
-        await connection._execute(_configure_connection, connection._connection)
+        try:
+            await connection._execute(_configure_connection, connection._connection)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close(connection)
+            raise
         self._connection = connection
         return connection
 
@@ -322,10 +332,12 @@ class Database:
                 yield session
             return
         turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
-        async with turn, self._writer.transaction() as transaction:
-            yield transaction
-            await _before_commit(transaction)
-        await self._after_write(_after_commit(transaction))
+        async with turn:  # commits publish in commit order: hooks run before the next turn
+            async with self._writer.transaction() as transaction:
+                yield transaction
+                await _before_commit(transaction)
+            handed_on = _after_commit(transaction)
+        await self._after_write(handed_on)
 
     async def _after_write(self, handed_on: list) -> None:
         if self._checkpoints is not None:

@@ -5,7 +5,7 @@ import pytest
 from sqlmodel import select
 
 from service.batching import GroupCommit
-from service.db import Database, create_engine
+from service.db import Database, create_engine, on_commit
 from service.models import AppSecret
 from service.settings import Settings
 
@@ -160,3 +160,32 @@ async def test_a_writer_cancelled_while_waiting_gives_up_its_turn(sqlite_url):
         assert await _names(db) == {"after"}
     finally:
         await db.dispose()
+
+
+async def test_a_callback_that_fails_after_the_commit_does_not_make_the_batch_again(db, caplog):
+    applied = []
+
+    async def apply(session, names):
+        applied.append(names)
+        for name in names:
+            session.add(AppSecret(name=name, value=name))
+        on_commit(session, _fail_after_commit)
+        return names
+
+    commits = GroupCommit(db, apply)
+    results = {}
+
+    async def submit(name):
+        results[name] = await commits.submit(name)
+
+    async with anyio.create_task_group() as tg:
+        for name in ("first", "second", "third"):
+            tg.start_soon(submit, name)
+    assert results == {"first": "first", "second": "second", "third": "third"}
+    assert sorted(name for names in applied for name in names) == ["first", "second", "third"]
+    assert await _names(db) == {"first", "second", "third"}
+    assert "an after-commit callback failed" in caplog.text
+
+
+def _fail_after_commit() -> None:
+    raise RuntimeError("a hook broke")

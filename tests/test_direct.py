@@ -139,6 +139,20 @@ async def test_a_driver_transaction_commits_and_runs_its_hooks_in_order(db):
     assert await _stored(db, job)
 
 
+async def test_an_after_commit_callback_that_fails_is_logged_and_the_others_run(db, caplog):
+    job, seen = _job(await _tenant(db)), []
+
+    def broken() -> None:
+        raise RuntimeError("a hook broke")
+
+    async with db.write_direct() as tx:
+        await direct.execute(tx, INSERT_JOB, _row(job))
+        on_commit(tx, broken)
+        on_commit(tx, lambda: seen.append("the next callback ran"))
+    assert seen == ["the next callback ran"] and await _stored(db, job)
+    assert "an after-commit callback failed" in caplog.text
+
+
 async def test_a_driver_transaction_that_raises_writes_nothing_and_the_next_one_works(db):
     tenant_id = await _tenant(db)
     first, second, after = _job(tenant_id), _job(tenant_id), []

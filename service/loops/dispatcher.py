@@ -331,7 +331,14 @@ class Dispatcher(Loop):
         query = select(Delivery).where(Delivery.id.in_(ids)).with_for_update()
         deliveries = {d.id: d for d in (await session.exec(query)).all()}
         owners = {d.subscription_id for d in deliveries.values()}
-        query = select(Subscription).where(Subscription.id.in_(owners))
+        # Locked, in id order: a 2xx of the same endpoint commits in another group commit
+        # (`_record_delivered`), and its `failing_since` must be read after it, not before.
+        query = (
+            select(Subscription)
+            .where(Subscription.id.in_(owners))
+            .order_by(Subscription.id)
+            .with_for_update()
+        )
         subscriptions = {s.id: s for s in (await session.exec(query)).all()}
         for outcome in outcomes:
             delivery = deliveries.get(outcome.delivery_id)
