@@ -30,6 +30,7 @@ from service.api.http import http_error
 from service.logs import RequestContext
 from service.runtime import running
 from service.settings import EMULATOR_PREFIX, Settings
+from service.startup import freeze_what_startup_built
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).parent / "web"
@@ -102,8 +103,11 @@ async def server_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
 
 
-def create_app(settings: Settings | None = None, **runtime_options) -> Starlette:
-    """The fluxhook ASGI app. `runtime_options` (clock, transports) are for tests and benches."""
+def create_app(
+    settings: Settings | None = None, *, freeze_after_startup: bool = False, **runtime_options
+) -> Starlette:
+    """The fluxhook ASGI app. `runtime_options` (clock, transports) are for tests and benches;
+    `freeze_after_startup` is for server processes (`runtime.freeze_what_startup_built`)."""
     settings = settings or Settings.from_env()
     emulator = _emulator() if settings.emulator_mode else None
     routes = ops_routes() + api_routes()
@@ -117,6 +121,8 @@ def create_app(settings: Settings | None = None, **runtime_options) -> Starlette
                 await stack.enter_async_context(emulator.router.lifespan_context(emulator))
             svc = await stack.enter_async_context(running(settings, **runtime_options))
             app.state.services = svc
+            if freeze_after_startup:
+                freeze_what_startup_built()
             yield {"services": svc}
 
     return Starlette(

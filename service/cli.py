@@ -139,7 +139,7 @@ def _serve_one(settings: Settings, sock: socket.socket) -> int:
     from service.server import serve
 
     dev_key = anyio.run(_dev_key, settings) if settings.emulator_mode else None
-    app = create_app(settings)
+    app = create_app(settings, freeze_after_startup=True)
     _announce(settings, f"fluxhook on {settings.public_url}", url=settings.public_url)
     if dev_key:
         emulated = f"emulator mode (no BFL_API_KEY): BFL is emulated at {settings.bfl_api_url}"
@@ -161,7 +161,7 @@ def _serve_supervised(settings: Settings, listen_fd: int, parent_fd: int) -> int
     from service.app import create_app
     from service.supervisor import serve_child
 
-    app = create_app(settings)
+    app = create_app(settings, freeze_after_startup=True)
     drained = Drained()
     sock, parent = socket.socket(fileno=listen_fd), socket.socket(fileno=parent_fd)
 
@@ -217,6 +217,7 @@ async def _dev_key(settings: Settings) -> str:
 def run_worker(_args) -> int:
     from service import logs
     from service.runtime import running
+    from service.startup import freeze_what_startup_built
 
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
@@ -224,6 +225,7 @@ def run_worker(_args) -> int:
 
     async def work() -> None:
         async with running(settings, run_workers=True):
+            freeze_what_startup_built()
             _announce(settings, "fluxhook worker running")
             await _until_signal()
 
@@ -340,10 +342,13 @@ async def _revoke_key(args, settings: Settings) -> int:
 def run_emulator(args: argparse.Namespace) -> int:
     from service.emulator import create_emulator_app
     from service.server import serve
+    from service.startup import freeze_what_startup_built
 
     sock = _listen(args.host, args.port, "--host", "--port")
+    app = create_emulator_app()
+    freeze_what_startup_built()
     print(f"BFL emulator on http://{args.host}:{args.port}", flush=True)
-    anyio.run(serve, create_emulator_app(), sock, _until_signal)
+    anyio.run(serve, app, sock, _until_signal)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Operations: health, readiness, Prometheus metrics after a known sequence, and logs that
 never carry a secret."""
 
+import gc
 import io
 import json
 import logging
@@ -48,6 +49,20 @@ async def test_readiness_fails_on_an_unmigrated_database(tmp_path):
         assert response.status_code == 503
         assert "migration None" in response.json()["reason"]
         assert (await http.get(f"{base}/healthz")).status_code == 200
+
+
+async def test_a_server_process_freezes_what_its_startup_built(sqlite_url):
+    # `fluxhook serve` asks for it: the cycle collector then skips the startup's objects.
+    settings = stack_settings(sqlite_url, "http://127.0.0.1:9", "http://127.0.0.1:9")
+    frozen = gc.get_freeze_count()
+    try:
+        async with running_server(create_app(settings, run_workers=False)):
+            assert gc.get_freeze_count() == frozen  # an app built for a test does not
+        app = create_app(settings, freeze_after_startup=True, run_workers=False)
+        async with running_server(app):
+            assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
 
 
 async def test_metrics_after_a_known_sequence(database_url):
