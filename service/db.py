@@ -8,6 +8,7 @@ session and never commit.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pathlib
 import sqlite3
@@ -188,6 +189,22 @@ class Checkpoints:
             await asyncio.wait([self._running])
 
 
+@contextlib.asynccontextmanager
+async def _committed(
+    driver, dialect, roll_back: Callable[[], Awaitable[None]]
+) -> AsyncIterator[direct.Transaction]:
+    """A transaction on `driver`: committed when the block ends, else `roll_back()`, shielded
+    from cancellation (whatever ended the block, BEGIN's failure included)."""
+    transaction = direct.Transaction(driver, dialect)
+    try:
+        yield transaction
+        await direct.commit(transaction)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await roll_back()
+        raise
+
+
 class SqliteWriter:
     """SQLite: this process's connection for `Database.write_direct`'s transactions, opened
     at the first and configured as the engine's connections are. Writers take turns
@@ -203,15 +220,10 @@ class SqliteWriter:
         connection = self._connection
         if connection is None or not connection.is_open:
             connection = await self._open()
-        try:
+        roll_back = functools.partial(self._roll_back, connection)
+        async with _committed(connection, self._dialect, roll_back) as transaction:
             await connection.begin(writes=True)
-            transaction = direct.Transaction(connection, self._dialect)
             yield transaction
-            await direct.commit(transaction)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._roll_back(connection)
-            raise
 
     async def _open(self) -> sqlite_inline.InlineConnection:
         connection = await sqlite_inline.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -254,14 +266,10 @@ class PostgresWriter:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[direct.Transaction]:
         pooled = await self._engine.raw_connection()
+        driver, roll_back = pooled.driver_connection, functools.partial(self._roll_back, pooled)
         try:
-            transaction = direct.Transaction(pooled.driver_connection, self._engine.dialect)
-            yield transaction
-            await direct.commit(transaction)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._roll_back(pooled)
-            raise
+            async with _committed(driver, self._engine.dialect, roll_back) as transaction:
+                yield transaction
         finally:
             with anyio.CancelScope(shield=True):
                 await greenlet_spawn(pooled.close)  # back to the pool
@@ -313,8 +321,7 @@ class Database:
         dispatcher), the writer then gives the event loop one turn before its caller goes on:
         the tasks they woke (writing the SSE chunk, sending the POST) run first, instead of
         after the caller's own follow-up (answering the requests of a group commit)."""
-        turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
-        async with turn, self._write() as session:
+        async with self._turn(urgent), self._write() as session:
             async with session.begin():
                 yield session
                 await _before_commit(session)
@@ -331,13 +338,16 @@ class Database:
             async with self.write(urgent) as session:
                 yield session
             return
-        turn = self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
-        async with turn:  # commits publish in commit order: hooks run before the next turn
+        async with self._turn(urgent):  # commits publish in commit order: hooks run first
             async with self._writer.transaction() as transaction:
                 yield transaction
                 await _before_commit(transaction)
             handed_on = _after_commit(transaction)
         await self._after_write(handed_on)
+
+    def _turn(self, urgent: bool):
+        """SQLite: this writer's turn (`WriterTurns`); PostgreSQL writers need none."""
+        return self._writers.turn(urgent) if self._writers else contextlib.nullcontext()
 
     async def _after_write(self, handed_on: list) -> None:
         if self._checkpoints is not None:
