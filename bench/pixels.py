@@ -114,7 +114,7 @@ class _Viewer:
     async def _watching(self) -> None:
         while True:
             self.stream.changed.clear()
-            for _arrival, kind, body in self.stream.events()[self._seen :]:
+            for _arrival, kind, body in self.stream.events(self._seen):
                 self._seen += 1
                 if kind == "job.ready":
                     task = asyncio.create_task(self._fetch(body["data"]))
