@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import httpx
 
+from service import outbound
 from service.guard import origin
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,13 @@ class Submitted:
 class BFLClient:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         api_key: str,
         base_url: str,
         poll_hosts: tuple[str, ...] = (),
         timeout_s: float = 30.0,
     ) -> None:
-        self._http = http
+        self._transport = transport
         self._headers = {"x-key": api_key, "accept": "application/json"}
         self.base_url = base_url.rstrip("/")
         self._poll_hosts = poll_hosts
@@ -168,9 +169,10 @@ class BFLClient:
             raise BFLRejected(f"refused to send BFL_API_KEY to {url[:200]!r}")
         try:
             with anyio.fail_after(self.timeout_s):
-                response = await self._http.request(
-                    method, url, json=json, headers=self._headers, timeout=self._timeout
-                )
+                response = await outbound.request(
+                    self._transport, method, url, json=json, headers=self._headers,
+                    timeouts=self._timeout,
+                )  # fmt: skip
         except TimeoutError as exc:
             raise BFLTimeout("BFL did not answer in time") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

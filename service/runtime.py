@@ -97,7 +97,11 @@ async def stored_secret(db: Database, name: str, make) -> str:
         return (await session.get(AppSecret, name)).value
 
 
-def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.AsyncClient) -> None:
+def build_loops(
+    svc: Services, upstream: httpx.AsyncBaseTransport, delivery: httpx.AsyncBaseTransport
+) -> None:
+    """The background loops; `upstream` carries their requests to BFL and its image hosts,
+    `delivery` their callbacks to subscribers (`service.outbound`)."""
     s = svc.settings
     limits = Limits(
         total=s.bfl_max_active,
@@ -107,7 +111,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
     common = {"db": svc.db, "signals": svc.signals, "clock": svc.clock}
     svc.fetcher = ImageFetcher(
         **common,
-        http=http,
+        transport=upstream,
         bfl=svc.bfl,
         store=svc.images,
         urls=svc.urls,
@@ -131,7 +135,7 @@ def build_loops(svc: Services, http: httpx.AsyncClient, delivery_http: httpx.Asy
         svc.fetcher,
         Dispatcher(
             **common,
-            http=delivery_http,
+            transport=delivery,
             metrics=svc.metrics,
             timeout_s=s.delivery_timeout_s,
             per_subscription=s.delivery_concurrency,
@@ -161,10 +165,13 @@ async def running(
 ) -> AsyncIterator[Services]:
     db = Database(create_engine(settings))
     try:
-        async with _clients(settings, upstream_transport, delivery_transport) as (http, delivery):
-            svc = await _services(settings, db, clock or SystemClock(), http)
+        async with _transports(settings, upstream_transport, delivery_transport) as (
+            upstream,
+            delivery,
+        ):
+            svc = await _services(settings, db, clock or SystemClock(), upstream)
             if settings.run_workers if run_workers is None else run_workers:
-                build_loops(svc, http, delivery)
+                build_loops(svc, upstream, delivery)
             async with _background(svc):
                 yield svc
     finally:
@@ -172,7 +179,7 @@ async def running(
 
 
 @contextlib.asynccontextmanager
-async def _clients(settings: Settings, upstream_transport, delivery_transport):
+async def _transports(settings: Settings, upstream_transport, delivery_transport):
     # Loading the CA bundle takes tens of milliseconds: once, for all the pools.
     tls = httpx.create_ssl_context()
     if upstream_transport is None:
@@ -190,19 +197,17 @@ async def _clients(settings: Settings, upstream_transport, delivery_transport):
         delivery_transport = sharded(
             lambda limits: GuardedTransport(backend, limits, tls), DELIVERY_LIMITS, POOL_SHARDS
         )
-    upstream = httpx.AsyncClient(transport=upstream_transport, trust_env=False)
-    delivery = httpx.AsyncClient(
-        transport=delivery_transport, follow_redirects=False, trust_env=False
-    )
-    async with upstream, delivery:
-        yield upstream, delivery
+    async with upstream_transport, delivery_transport:
+        yield upstream_transport, delivery_transport
 
 
-async def _services(settings: Settings, db: Database, clock, http: httpx.AsyncClient) -> Services:
+async def _services(
+    settings: Settings, db: Database, clock, upstream: httpx.AsyncBaseTransport
+) -> Services:
     signing = Signing(await secret_keys(settings, db))
     signals = Signals(postgres=db.is_postgres)
     bfl = BFLClient(
-        http,
+        upstream,
         settings.bfl_api_key or "emulator",
         settings.bfl_api_url,
         settings.bfl_poll_hosts,

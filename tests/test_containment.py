@@ -61,13 +61,13 @@ async def quiet_stack(database_url):
     async with (
         running_emulator(manual=True) as emulator,
         running_stack(database_url, emulator, {"run_workers": False, "clock": clock}) as stack,
-        httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
         dispatcher = Dispatcher(
             stack.services.db,
             stack.services.signals,
             clock,
-            http,
+            transport,
             stack.services.metrics,
             timeout_s=5.0,
             rng=random.Random(0),

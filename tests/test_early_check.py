@@ -77,9 +77,9 @@ async def one_slot(database_url: str, **overrides):
     async with (
         running_emulator(manual=True, drop_webhooks=1.0) as emulator,
         running_stack(database_url, emulator, runtime, bfl_max_active=1, **overrides) as stack,
-        httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
-        build_loops(stack.services, http, http)
+        build_loops(stack.services, transport, transport)
         yield Driven(stack, clock)
 
 

@@ -186,8 +186,8 @@ async def test_idempotency_keys_last_a_day_and_bind_the_request(database_url):
         assert (await _submit_idempotent(stack, "key-1"))["id"] != first["id"]
         await _submit_idempotent(stack, "key-2")
         clock.advance(24 * 3600 + 1)
-        async with httpx.AsyncClient() as http:
-            build_loops(stack.services, http, http)
+        async with httpx.AsyncHTTPTransport() as transport:
+            build_loops(stack.services, transport, transport)
             reconciler = _loop(stack, Reconciler)
             await reconciler.run_once()
         async with stack.services.db.read() as session:
@@ -225,8 +225,9 @@ async def test_a_task_no_host_knows_ends_in_error_after_the_image_window(databas
         running_emulator(manual=True) as emulator,
         running_stack(database_url, emulator, {"run_workers": False, "clock": clock}) as stack,
         httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
-        build_loops(stack.services, http, http)
+        build_loops(stack.services, transport, transport)
         admission, reconciler = _loop(stack, Admission), _loop(stack, Reconciler)
         job = await stack.submit(FAST_MODEL)
         await admission.run_until_idle()

@@ -74,9 +74,9 @@ async def quiet_stack(database_url):
     async with (
         running_emulator(manual=True) as emulator,
         running_stack(database_url, emulator, runtime) as stack,
-        httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
-        stack.dispatcher_http = http
+        stack.dispatcher_transport = transport
         yield stack, clock
 
 
@@ -101,7 +101,7 @@ def _dispatcher(stack, clock, timeout_s: float = 5.0) -> Dispatcher:
         svc.db,
         svc.signals,
         clock,
-        stack.dispatcher_http,
+        stack.dispatcher_transport,
         svc.metrics,
         timeout_s=timeout_s,
         rng=random.Random(0),

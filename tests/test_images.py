@@ -21,8 +21,9 @@ async def quiet(database_url):
         running_emulator(manual=True, time_scale=1.0) as emulator,
         running_stack(database_url, emulator, {"run_workers": False, "clock": clock}) as stack,
         httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
-        build_loops(stack.services, http, http)
+        build_loops(stack.services, transport, transport)
         yield stack, emulator, clock, http
 
 

@@ -75,8 +75,7 @@ def _recording_client(base: str, poll_hosts=()) -> tuple[BFLClient, list[httpx.R
         requests.append(request)
         return httpx.Response(200, json={"id": "t", "status": "Pending", "result": None})
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    return BFLClient(http, "the-bfl-key", base, poll_hosts), requests
+    return BFLClient(httpx.MockTransport(answer), "the-bfl-key", base, poll_hosts), requests
 
 
 @pytest.mark.parametrize(

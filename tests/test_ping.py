@@ -117,11 +117,11 @@ async def quiet_stack(database_url):
     async with (
         running_emulator(manual=True) as emulator,
         running_stack(database_url, emulator, {"run_workers": False, "clock": clock}) as stack,
-        httpx.AsyncClient() as http,
+        httpx.AsyncHTTPTransport() as transport,
     ):
         svc = stack.services
         dispatcher = Dispatcher(
-            svc.db, svc.signals, clock, http, svc.metrics, timeout_s=5.0, rng=random.Random(0)
+            svc.db, svc.signals, clock, transport, svc.metrics, timeout_s=5.0, rng=random.Random(0)
         )
         yield stack, clock, dispatcher
 

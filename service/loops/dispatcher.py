@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import func, or_
 from sqlmodel import select
 
-from service import direct, schedule
+from service import direct, outbound, schedule
 from service.batching import GroupCommit
 from service.callbacks import body_for, headers_for, message_id
 from service.db import Database
@@ -112,14 +112,14 @@ class Dispatcher(Loop):
         db: Database,
         signals: Signals,
         clock,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         metrics: Metrics,
         timeout_s: float = 10.0,
         per_subscription: int = 16,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
-        self.db, self.clock, self.http, self.metrics = db, clock, http, metrics
+        self.db, self.clock, self.transport, self.metrics = db, clock, transport, metrics
         self.timeout_s = timeout_s
         self.per_subscription = per_subscription
         self.lease = timedelta(seconds=timeout_s * 3)
@@ -295,8 +295,8 @@ class Dispatcher(Loop):
         """One POST. Whatever it raises (a refused address, a URL httpx cannot send, a
         timeout) is this attempt's failure, never the loop's."""
         try:
-            response = await self.http.post(
-                url, content=body, headers=headers, timeout=self.timeout_s, follow_redirects=False
+            response = await outbound.request(
+                self.transport, "POST", url, content=body, headers=headers, timeouts=self.timeout_s
             )
         except Exception as exc:
             return Attempt(None), failure_reason(exc)

@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import or_
 from sqlmodel import select
 
-from service import direct, jobs, logs
+from service import direct, jobs, logs, outbound
 from service.batching import GroupCommit
 from service.bfl import BFLClient, BFLError
 from service.db import Database
@@ -60,11 +60,13 @@ class FetchRefused(FetchFailed):
 UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, UnicodeError)
 
 
-async def download(http: httpx.AsyncClient, url: str, timeout_s: float, into: Transfer) -> str:
+async def download(
+    transport: httpx.AsyncBaseTransport, url: str, timeout_s: float, into: Transfer
+) -> str:
     """Stream the image at `url` into `into`; its content type. UrlExpired on 403/404,
     FetchFailed else (readers of `into` then see the error)."""
     try:
-        async with http.stream("GET", url, timeout=timeout_s) as response:
+        async with outbound.stream(transport, "GET", url, timeouts=timeout_s) as response:
             if response.status_code in EXPIRED_STATUSES:
                 raise UrlExpired(f"image URL answered {response.status_code}")
             if response.status_code != 200:
@@ -106,7 +108,7 @@ class ImageFetcher(Loop):
         db: Database,
         signals: Signals,
         clock,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         bfl: BFLClient,
         store: ImageStore,
         urls: Urls,
@@ -118,7 +120,7 @@ class ImageFetcher(Loop):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(signals)
-        self.db, self.clock, self.http, self.bfl = db, clock, http, bfl
+        self.db, self.clock, self.transport, self.bfl = db, clock, transport, bfl
         self.transfers = transfers or Transfers()  # shared with the image routes
         self.store, self.urls, self.metrics = store, urls, metrics
         self.timeout_s = timeout_s
@@ -218,10 +220,10 @@ class ImageFetcher(Loop):
 
     async def _download(self, task: FetchTask, into: Transfer) -> str:
         try:
-            return await download(self.http, task.sample_url, self.timeout_s, into)
+            return await download(self.transport, task.sample_url, self.timeout_s, into)
         except UrlExpired:  # refused before any byte arrived: `into` is still empty
             fresh = await self._fresh_sample(task)
-            return await download(self.http, fresh, self.timeout_s, into)
+            return await download(self.transport, fresh, self.timeout_s, into)
 
     async def _fresh_sample(self, task: FetchTask) -> str:
         """An expired URL: a new get_result signs a new one."""
