@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.util import await_, greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from service import direct, sqlite_inline
+from service import direct, pgpool, sqlite_inline
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,14 @@ BEFORE_COMMIT = "fluxhook.before_commit"
 
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_postgres:
-        return create_async_engine(
+        engine = create_async_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=0,
-            pool_pre_ping=True,
             pool_timeout=30,
         )
+        pgpool.check_connections_at_checkout(engine)  # in place of pool_pre_ping
+        return engine
     engine = create_async_engine(
         settings.database_url,
         connect_args={
@@ -257,7 +258,7 @@ class SqliteWriter:
 
 class PostgresWriter:
     """PostgreSQL: `Database.write_direct`'s transactions on a connection of the engine's pool
-    (checked out, pinged and returned as a session's is), through psycopg directly: psycopg
+    (checked out, checked and returned as a session's is), through psycopg directly: psycopg
     opens the transaction at the first statement; COMMIT or ROLLBACK end it."""
 
     def __init__(self, engine: AsyncEngine) -> None:

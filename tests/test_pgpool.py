@@ -1,0 +1,90 @@
+"""PostgreSQL's pool checks a connection at checkout (`service.pgpool`): one the server has
+ended is replaced before anyone uses it; a healthy one costs no round trip."""
+
+import time
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from service import direct
+from service.db import Database, create_engine
+from service.pgpool import check_connections_at_checkout
+from service.settings import Settings
+from tests.support import postgres
+
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def postgres_db(postgres_cluster):
+    name = postgres.create_database(postgres_cluster)
+    yield postgres_cluster.url(name)
+    postgres.drop_database(postgres_cluster, name)
+
+
+def _database(url: str) -> Database:
+    return Database(create_engine(Settings.from_env({"DATABASE_URL": url})))
+
+
+async def _backend_pid(db: Database) -> int:
+    """The backend of the pool's connection, after a statement that names itself."""
+    async with db.write_direct() as tx:
+        await tx.driver.execute("SELECT 'before the checkout'")
+        return tx.driver.info.backend_pid
+
+
+async def _last_query(side: psycopg.AsyncConnection, pid: int) -> str | None:
+    cursor = await side.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+    row = await cursor.fetchone()
+    return row[0] if row else None
+
+
+async def _until_gone(side: psycopg.AsyncConnection, pid: int) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while (await _last_query(side, pid)) is not None:
+        assert time.monotonic() < deadline, f"backend {pid} still runs"
+
+
+async def test_a_connection_the_server_ended_is_replaced_before_anyone_uses_it(postgres_db):
+    db = _database(postgres_db)
+    try:
+        ended = await _backend_pid(db)
+        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
+            await side.execute("SELECT pg_terminate_backend(%s)", (ended,))
+            await _until_gone(side, ended)
+        for _ in range(db.engine.pool.size() + 1):  # every pooled connection, and one more
+            async with db.write_direct() as tx:
+                assert tx.driver.info.backend_pid != ended
+                await direct.execute(tx, sa.text("SELECT 1"), {})
+        async with db.write() as session:  # a session's checkout as well
+            assert (await session.exec(sa.select(sa.literal(1)))).scalar() == 1
+    finally:
+        await db.dispose()
+
+
+async def test_a_healthy_idle_connection_is_used_without_a_round_trip(postgres_db):
+    db = _database(postgres_db)
+    try:
+        pid = await _backend_pid(db)
+        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
+            before = await _last_query(side, pid)
+            async with db.write_direct() as tx:
+                assert tx.driver.info.backend_pid == pid  # the pool's one connection again
+                assert await _last_query(side, pid) == before  # nothing was sent
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_idle_for_long_is_pinged(postgres_db):
+    db = _database(postgres_db)
+    check_connections_at_checkout(db.engine, ping_after_idle_s=0.0)
+    try:
+        pid = await _backend_pid(db)
+        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
+            before = await _last_query(side, pid)
+            async with db.write_direct() as tx:
+                assert tx.driver.info.backend_pid == pid
+                assert await _last_query(side, pid) != before  # the ping
+    finally:
+        await db.dispose()
