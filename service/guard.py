@@ -6,7 +6,8 @@ refuses the connection if any address it resolves to is forbidden (`targets.forb
 and connects to the address it checked, so the DNS answer cannot change in between. The one
 exception is the configured upstream (BFL_API_URL and BFL_POLL_HOSTS origins: that is how the
 emulator on loopback serves as BFL), plus ALLOW_PRIVATE_TARGETS on the subscriber client.
-Redirects are never followed (the clients are built with follow_redirects=False).
+Redirects are never followed (requests go on the transport, `service.outbound`, which
+follows none).
 The connection itself is `service.netstream`'s asyncio stream (httpcore's anyio one costs
 most of a loopback round trip's CPU).
 """

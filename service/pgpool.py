@@ -8,8 +8,12 @@ restart or failover, `idle_session_timeout`, `pg_terminate_backend`, a pooler cl
 connections. The server then says so (its FATAL message, then the close), and the idle
 socket turns readable. A pooled connection between transactions expects nothing from the
 server, so it is pinged only when its socket has something to read, or when it has sat idle
-longer than PING_AFTER_IDLE_S (a peer that vanished without a word). A ping that fails makes
-the pool replace the connection (`DisconnectionError`): the caller never sees it.
+for PING_AFTER_IDLE_S or more: a peer that cannot say so (a host that crashed and came back,
+or whose address moved to a standby, answers only once something is sent) is then found
+before use, as the pre-ping found it, unless the connection was in use within the last
+second, when work in flight on the same server fails anyway. Under load, connections go back
+and forth far more often than that, and are not pinged. A ping that fails makes the pool
+replace the connection (`DisconnectionError`): the caller never sees it.
 """
 
 import select
@@ -19,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-PING_AFTER_IDLE_S = 30.0
+PING_AFTER_IDLE_S = 1.0
 IDLE_SINCE = "fluxhook.idle_since"  # in the pool entry's info: cleared when it is replaced
 
 

@@ -6,6 +6,7 @@ import time
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import direct
 from service.db import Database, create_engine
@@ -25,6 +26,14 @@ def postgres_db(postgres_cluster):
 
 def _database(url: str) -> Database:
     return Database(create_engine(Settings.from_env({"DATABASE_URL": url})))
+
+
+def _checking(url: str, ping_after_idle_s: float) -> Database:
+    """An engine with the checkout check alone, at the given idle limit (so that a slow
+    machine's pause between two checkouts cannot decide the test)."""
+    engine = create_async_engine(Settings.from_env({"DATABASE_URL": url}).database_url)
+    check_connections_at_checkout(engine, ping_after_idle_s)
+    return Database(engine)
 
 
 async def _backend_pid(db: Database) -> int:
@@ -47,7 +56,7 @@ async def _until_gone(side: psycopg.AsyncConnection, pid: int) -> None:
 
 
 async def test_a_connection_the_server_ended_is_replaced_before_anyone_uses_it(postgres_db):
-    db = _database(postgres_db)
+    db = _checking(postgres_db, ping_after_idle_s=3600.0)  # found by its socket alone
     try:
         ended = await _backend_pid(db)
         async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
@@ -63,8 +72,22 @@ async def test_a_connection_the_server_ended_is_replaced_before_anyone_uses_it(p
         await db.dispose()
 
 
-async def test_a_healthy_idle_connection_is_used_without_a_round_trip(postgres_db):
+async def test_the_service_engine_checks_at_checkout_and_does_not_pre_ping(postgres_db):
     db = _database(postgres_db)
+    try:
+        assert not db.engine.pool._pre_ping
+        ended = await _backend_pid(db)
+        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
+            await side.execute("SELECT pg_terminate_backend(%s)", (ended,))
+            await _until_gone(side, ended)
+        async with db.write_direct() as tx:
+            await direct.execute(tx, sa.text("SELECT 1"), {})
+    finally:
+        await db.dispose()
+
+
+async def test_a_healthy_idle_connection_is_used_without_a_round_trip(postgres_db):
+    db = _checking(postgres_db, ping_after_idle_s=3600.0)
     try:
         pid = await _backend_pid(db)
         async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
@@ -77,8 +100,7 @@ async def test_a_healthy_idle_connection_is_used_without_a_round_trip(postgres_d
 
 
 async def test_a_connection_idle_for_long_is_pinged(postgres_db):
-    db = _database(postgres_db)
-    check_connections_at_checkout(db.engine, ping_after_idle_s=0.0)
+    db = _checking(postgres_db, ping_after_idle_s=0.0)
     try:
         pid = await _backend_pid(db)
         async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
