@@ -54,13 +54,11 @@ async def request(
     """One request and its whole response body (`response.content`, `.json()`). `timeouts`
     are httpx's, per phase (connect, each read and write, waiting for a pooled connection),
     not a bound on the whole request."""
-    sent = _request(method, url, headers, timeouts, content, json)
-    response = await transport.handle_async_request(sent)
-    response.request = sent
-    try:
+    opened = stream(
+        transport, method, url, timeouts=timeouts, headers=headers, content=content, json=json
+    )
+    async with opened as response:
         await response.aread()
-    finally:
-        await response.aclose()
     return response
 
 
@@ -72,10 +70,12 @@ async def stream(
     *,
     timeouts: httpx.Timeout | float,
     headers: Mapping[str, str] | None = None,
+    content: bytes | None = None,
+    json: Any = None,
 ) -> AsyncIterator[httpx.Response]:
     """One request whose response body is read as it arrives (`response.aiter_bytes()`);
     the connection goes back to its pool (or is closed, if the body was left unread) on exit."""
-    sent = _request(method, url, headers, timeouts)
+    sent = _request(method, url, headers, timeouts, content, json)
     response = await transport.handle_async_request(sent)
     response.request = sent
     try:

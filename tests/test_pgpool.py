@@ -86,27 +86,21 @@ async def test_the_service_engine_checks_at_checkout_and_does_not_pre_ping(postg
         await db.dispose()
 
 
-async def test_a_healthy_idle_connection_is_used_without_a_round_trip(postgres_db):
-    db = _checking(postgres_db, ping_after_idle_s=3600.0)
+@pytest.mark.parametrize(
+    ("ping_after_idle_s", "pinged"),
+    [(3600.0, False), (0.0, True)],
+    ids=["healthy-and-recent: nothing sent", "idle-for-long: pinged"],
+)
+async def test_a_checkout_pings_only_a_connection_idle_for_long(
+    postgres_db, ping_after_idle_s, pinged
+):
+    db = _checking(postgres_db, ping_after_idle_s)
     try:
         pid = await _backend_pid(db)
         async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
             before = await _last_query(side, pid)
             async with db.write_direct() as tx:
                 assert tx.driver.info.backend_pid == pid  # the pool's one connection again
-                assert await _last_query(side, pid) == before  # nothing was sent
-    finally:
-        await db.dispose()
-
-
-async def test_a_connection_idle_for_long_is_pinged(postgres_db):
-    db = _checking(postgres_db, ping_after_idle_s=0.0)
-    try:
-        pid = await _backend_pid(db)
-        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as side:
-            before = await _last_query(side, pid)
-            async with db.write_direct() as tx:
-                assert tx.driver.info.backend_pid == pid
-                assert await _last_query(side, pid) != before  # the ping
+                assert (await _last_query(side, pid) != before) is pinged  # the ping, or nothing
     finally:
         await db.dispose()
