@@ -28,9 +28,6 @@ class Signals:
         # The dispatcher of this process, if it runs here: new deliveries can be leased to it
         # in the transaction that writes them, and handed over on commit (no claim needed).
         self.deliveries = None
-        # The admission loop of this process, if it runs here: a submit's transaction may
-        # admit its jobs at once when slots are free and none wait (no claim needed).
-        self.admission = None
 
     def wake(self, name: str) -> None:
         self._events[name].set()

@@ -26,7 +26,6 @@ from service.api.auth import authenticate
 from service.api.http import NUMBER, error, read_body, services
 from service.api.jobs import load_job, wait_for_terminal
 from service.bfl import BFLError
-from service.loops.admission import CLOSED, AtSubmit
 from service.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, Subscription
 from service.records import JobRecord, new_job, new_row
 from service.targets import TargetInvalid, target_url
@@ -137,31 +136,26 @@ async def create_jobs(svc, session, submissions: list[Submission]) -> list[dict 
     """Group-committed: concurrent submissions' jobs in one transaction, each answered with
     BFL's response (or its first response, for a repeated Idempotency-Key), or the 429 of a
     tenant over TENANT_MAX_QUEUED."""
-    admission = svc.signals.admission
-    at_submit = await admission.open_at_submit(session) if admission else CLOSED
-    now = at_submit.now or svc.clock.now()
-    created = [await _create(svc, session, sub, now, at_submit) for sub in submissions]
-    if any(queued for _, queued in created):
-        await svc.signals.after_commit(session, "admission")
-    return [response for response, _ in created]
+    now = svc.clock.now()
+    responses = [await _create(svc, session, submission, now) for submission in submissions]
+    await svc.signals.after_commit(session, "admission")
+    return responses
 
 
-async def _create(svc, session, sub: Submission, now, at_submit: AtSubmit) -> tuple[dict, bool]:
-    """The submission's response, and whether it left a job waiting for admission."""
+async def _create(svc, session, sub: Submission, now) -> dict:
     if sub.key is not None:
         this_key = {"tenant_id": sub.tenant_id, "key": sub.key}
         previous = next(iter(await direct.fetch(session, KEY_USED, this_key)), None)
         if previous is not None and now - previous["created_at"] < IDEMPOTENCY_WINDOW:
             if previous["request_hash"] != sub.request_hash:
                 raise error(422, "Idempotency-Key was already used with a different request")
-            return previous["response"], False
+            return previous["response"]
         if previous is not None:
             await direct.execute(session, FORGET_KEY, this_key)
     refusal = await _queue_cap_refusal(svc, session, sub)
     if refusal is not None:
-        return refusal, False
+        return refusal
     job = _new_job(sub.tenant_id, sub.spec, sub.inputs, sub.price, now)
-    queued = not await at_submit.admit(session, job)
     await direct.execute(session, INSERT_JOB, direct.row_of(job, JOBS))
     if sub.callback[0]:
         callback = _job_callback(job, *sub.callback, now)
@@ -178,7 +172,7 @@ async def _create(svc, session, sub: Submission, now, at_submit: AtSubmit) -> tu
             created_at=now,
         )
         await direct.execute(session, INSERT_KEY, direct.row_of(key, KEYS))
-    return response, queued
+    return response
 
 
 async def _queue_cap_refusal(svc, session, sub: Submission) -> HTTPException | None:

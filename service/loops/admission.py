@@ -15,18 +15,8 @@ of a submit (DESIGN §4):
 - timeout ⇒ ambiguous: BFL may have the task. The job keeps its slot and its lease runs for
   the model's webhook window; if no webhook names the job by then, it is submitted again.
   A crash mid-submit looks the same (the lease runs out) and is handled the same way.
-
-The fast path (`open_at_submit`): while slots are free and no job waits for one, a submit's
-own transaction admits its jobs, as a claim would have (slot, lease, attempt), and on commit
-hands them to this process's loop, which sends them upstream at once: no claim transaction,
-no wake-up. On PostgreSQL the submit takes the admission lock first, as a claim does, so the
-slot count holds across processes. The first job of a transaction that finds a reason to
-wait (jobs already waiting, no free slot, the kontext-max or tenant limit, this process's
-submits at their concurrency) ends the fast path for that transaction: it and the rest
-queue and wake the loop, whose claim decides in its usual order.
 """
 
-import dataclasses
 import functools
 import logging
 import random
@@ -34,7 +24,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import anyio
 import sqlalchemy as sa
 from sqlalchemy import func
 from sqlmodel import select
@@ -42,7 +31,7 @@ from sqlmodel import select
 from service import bfl as upstream
 from service import catalog, direct, jobs, logs
 from service.batching import GroupCommit
-from service.db import Database, on_commit
+from service.db import Database
 from service.events import record_job_event
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
@@ -116,68 +105,6 @@ SLOTS_HELD = (
     .where(Job.holds_slot)
     .group_by(Job.slot_class)
 )
-
-
-TENANT_SLOTS_HELD = sa.select(func.count().label("held")).where(
-    Job.holds_slot, Job.tenant_id == sa.bindparam("tenant_id", type_=JOBS.c.tenant_id.type)
-)
-
-
-async def _slots_used(session) -> dict[str, int]:
-    """Slots held, per slot class."""
-    return {row["slot_class"]: row["held"] for row in await direct.fetch(session, SLOTS_HELD, {})}
-
-
-@dataclass
-class AtSubmit:
-    """One submit transaction's admissions at once (`Admission.open_at_submit`): what was
-    free when it began, less what its jobs took since. Closed: every job queues."""
-
-    open: bool
-    now: datetime | None = None  # when it opened (None: closed without looking)
-    limits: Limits = Limits()
-    lease: timedelta = timedelta(0)
-    free: int = 0
-    free_kontext: int = 0
-    room: int = 0
-    tenants_held: dict[uuid.UUID, int] = dataclasses.field(default_factory=dict)
-    admitted: list[JobRecord] = dataclasses.field(default_factory=list)
-
-    async def admit(self, session, job: JobRecord) -> bool:
-        """Before the new job's INSERT: admit it if it fits, setting what a claim sets.
-        False: it queues, and so does every later job of this transaction."""
-        if not self.open:
-            return False
-        self.open = await self._fits(session, job)
-        if not self.open:
-            return False
-        job.holds_slot, job.admitted_at = True, self.now
-        job.submit_attempts += 1
-        job.lease_expires_at = self.now + self.lease
-        self.admitted.append(job)
-        return True
-
-    async def _fits(self, session, job: JobRecord) -> bool:
-        """Whether the job fits what is left; if so, it is counted as taken."""
-        kontext = job.slot_class == KONTEXT_MAX
-        if self.free <= 0 or self.room <= 0 or (kontext and self.free_kontext <= 0):
-            return False
-        if self.limits.per_tenant is not None:
-            held = self.tenants_held.get(job.tenant_id)
-            if held is None:
-                params = {"tenant_id": job.tenant_id}
-                (row,) = await direct.fetch(session, TENANT_SLOTS_HELD, params)
-                held = row["held"]
-            if held >= self.limits.per_tenant:
-                return False
-            self.tenants_held[job.tenant_id] = held + 1
-        self.free -= 1
-        self.room -= 1
-        self.free_kontext -= kontext
-        return True
-
-
-CLOSED = AtSubmit(open=False)  # never changes: a closed one admits nothing
 
 
 async def jobs_wait_for_slots(session, now: datetime) -> bool:
@@ -273,57 +200,6 @@ class Admission(Loop):
         # The last claim took as many as it had room for: more may wait for a finished submit.
         self._room_ran_out = False
         self._passed_over = False  # the last claim skipped kontext-max jobs over their limit
-        self._handoffs = None  # the running loop's task group: admitted at submit, start there
-
-    async def run(self) -> None:
-        self.signals.admission = self
-        try:
-            async with anyio.create_task_group() as self._handoffs:
-                await super().run()
-        finally:
-            self.signals.admission = None
-            self._handoffs = None
-
-    async def open_at_submit(self, session) -> AtSubmit:
-        """First thing in a submit's transaction: whether its jobs may be admitted at once
-        (see the module's notes), and the time they are created and admitted at. On
-        PostgreSQL it takes the admission lock, as a claim does, before the transaction
-        holds any other lock (no deadlock: a claim waits for nothing a submit holds), and
-        reads the clock under it, so admission times follow the order of admissions across
-        claims and processes. Admitted jobs are handed to this loop on commit."""
-        room = SUBMIT_CONCURRENCY - self._submitting
-        if self._handoffs is None or room <= 0:
-            return CLOSED
-        if self.db.is_postgres:
-            await direct.pg_xact_lock(session, ADMISSION_LOCK)
-        now = self.clock.now()
-        if await jobs_wait_for_slots(session, now):
-            return AtSubmit(open=False, now=now)  # they go first, in the claim's order
-        used = await _slots_used(session)
-        at_submit = AtSubmit(
-            open=True,
-            now=now,
-            limits=self.limits,
-            lease=self.submit_lease,
-            free=self.limits.total - sum(used.values()),
-            free_kontext=self.limits.kontext_max - used.get(KONTEXT_MAX, 0),
-            room=room,
-        )
-        on_commit(session, functools.partial(self._take, at_submit.admitted))
-        return at_submit
-
-    def _take(self, admitted: list[JobRecord]) -> None:
-        """On commit: jobs admitted at submit go upstream now, as claimed ones do. (Were the
-        loop stopping, their lease runs out and a claim takes them: as after a crash.)"""
-        for job in admitted:
-            if self._handoffs is None:
-                return
-            self._submitting += 1
-            try:
-                self._handoffs.start_soon(self._tracked, job)
-            except RuntimeError:  # its task group has just closed
-                self._submitting -= 1
-                return
 
     async def claim(self) -> list[JobRecord]:
         room = SUBMIT_CONCURRENCY - self._submitting
@@ -360,7 +236,9 @@ class Admission(Loop):
         return [JobRecord(row) for row in rows]
 
     async def _fresh(self, session, now: datetime, room: int) -> list[JobRecord]:
-        used = await _slots_used(session)
+        used = {
+            row["slot_class"]: row["held"] for row in await direct.fetch(session, SLOTS_HELD, {})
+        }
         slots = self.limits.total - sum(used.values())
         await self._watch_for_a_queue(session, now, slots)
         free = min(slots, room)
