@@ -2,8 +2,9 @@
 summarised (`bench/results/profile-<measurement>-run<N>.txt`, next to py-spy's raw stacks).
 
 py-spy samples the thread holding the GIL (`--gil`), so the shares are of fluxhook's Python
-CPU time. SQLAlchemy's async layer runs statements in greenlets, which py-spy shows as
-stacks of their own without the fluxhook frame that started them: they are one bucket.
+CPU time. About half of the stacks come without their callers (resumed coroutines, and the
+greenlets SQLAlchemy's async layer runs statements in); each counts by its own first
+fluxhook frame, so "by activity" is where the time goes, not where it was called from.
 
 py-spy is not a dependency of fluxhook: `pip install py-spy` into the venv first.
 """
@@ -82,14 +83,19 @@ PLUMBING = ("service/cli.py", "service/__main__.py", "service/runtime.py", "serv
 
 
 def _activity(frames: list[str]) -> str:
+    """The first fluxhook frame that is not plumbing. py-spy catches about half of the
+    samples without their callers (a resumed coroutine's frames, a greenlet's): those count
+    by their own first fluxhook frame too, and without one, by what they are."""
     if any("Thread._bootstrap" in frame for frame in frames):
         return "database driver threads (aiosqlite)"
-    if not any("run_serve (service/cli.py)" in frame for frame in frames):
-        return "SQLAlchemy in greenlets (statement execution, ORM load and flush)"
     for frame in frames:
         if "(service/" in frame and not any(p in frame for p in PLUMBING):
             return frame
-    return "server and event loop (hypercorn, starlette, asyncio; no fluxhook frame)"
+    if any("run_serve (service/cli.py)" in frame for frame in frames):
+        return "server and event loop (hypercorn, starlette, asyncio; no fluxhook frame)"
+    if any("(sqlalchemy/" in frame or "(sqlmodel/" in frame for frame in frames):
+        return "SQLAlchemy in greenlets, caught without the fluxhook frame that called it"
+    return "caught without its callers, no fluxhook frame (server, event loop, drivers)"
 
 
 def _section(title: str, counts: collections.Counter, total: int) -> list[str]:
