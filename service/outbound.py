@@ -12,12 +12,15 @@ or a test's `httpx.MockTransport`. Errors are httpx's own (`httpx.ConnectError`,
 """
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 
 USER_AGENT = "fluxhook/1"
+# httpx's `trace` request extension: awaited with each phase's name (`http11.send_request_body.
+# complete`, `connection.connect_tcp.started`, …) and its details.
+Trace = Callable[[str, dict], Awaitable[None]]
 
 
 def _request(
@@ -27,15 +30,14 @@ def _request(
     timeouts: httpx.Timeout | float,
     content: bytes | None = None,
     json: Any = None,
+    trace: Trace | None = None,
 ) -> httpx.Request:
     timeout = timeouts if isinstance(timeouts, httpx.Timeout) else httpx.Timeout(timeouts)
+    extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
+    if trace is not None:
+        extensions["trace"] = trace
     request = httpx.Request(
-        method,
-        url,
-        headers=headers,
-        content=content,
-        json=json,
-        extensions={"timeout": timeout.as_dict()},
+        method, url, headers=headers, content=content, json=json, extensions=extensions
     )
     request.headers.setdefault("user-agent", USER_AGENT)
     return request
@@ -50,12 +52,20 @@ async def request(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     json: Any = None,
+    trace: Trace | None = None,
 ) -> httpx.Response:
     """One request and its whole response body (`response.content`, `.json()`). `timeouts`
     are httpx's, per phase (connect, each read and write, waiting for a pooled connection),
-    not a bound on the whole request."""
+    not a bound on the whole request. `trace` is told of each phase as it starts and ends."""
     opened = stream(
-        transport, method, url, timeouts=timeouts, headers=headers, content=content, json=json
+        transport,
+        method,
+        url,
+        timeouts=timeouts,
+        headers=headers,
+        content=content,
+        json=json,
+        trace=trace,
     )
     async with opened as response:
         await response.aread()
@@ -72,10 +82,11 @@ async def stream(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     json: Any = None,
+    trace: Trace | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """One request whose response body is read as it arrives (`response.aiter_bytes()`);
     the connection goes back to its pool (or is closed, if the body was left unread) on exit."""
-    sent = _request(method, url, headers, timeouts, content, json)
+    sent = _request(method, url, headers, timeouts, content, json, trace)
     response = await transport.handle_async_request(sent)
     response.request = sent
     try:

@@ -56,6 +56,10 @@ async def _receive(request: Request, svc, job_id, body: bytes) -> JSONResponse:
         detail = f"this webhook is for BFL task {update.task_id}, not this job's task"
         log.warning("%s (%s)", detail, applied.bound_to)
         raise _reject(svc, 409, "other_task", detail)
+    if (deliveries := svc.signals.deliveries) is not None:
+        # The callbacks this commit handed over go first; the answer to BFL and the image
+        # download it starts come a moment later (service.loops.dispatcher).
+        await deliveries.handoffs_on_the_wire()
     return _acknowledge(svc, job_id, applied)
 
 

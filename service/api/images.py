@@ -27,6 +27,10 @@ RECHECK_S = 0.25  # a download in another process shows up only in the table
 
 async def serve_image(request: Request, job_id: uuid.UUID, headers: dict) -> Response:
     svc = services(request)
+    if (deliveries := svc.signals.deliveries) is not None:
+        # Callbacks just handed over are written first: the client asking for this image
+        # has heard of it already; the subscribers not yet (service.loops.dispatcher).
+        await deliveries.handoffs_on_the_wire()
     deadline = anyio.current_time() + WAIT_FOR_IMAGE_S
     while True:
         image, status = await _image_and_status(svc.db, job_id)

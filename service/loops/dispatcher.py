@@ -7,8 +7,18 @@ The fast path: while it runs, the transaction that writes new deliveries asks it
 (`leases`) and leases them to it at once; on commit they are handed over (`take`) and sent
 without a claim's round trip. Without room (load, or a busy subscription), new deliveries
 wait for the claim as before.
+
+A handed-over callback goes before the work that nobody waits on: the receiver answers
+BFL's webhook (and so starts the image download), and the image route serves a client that
+has already heard of the image, only once the callbacks handed over so far are written to
+their sockets (`handoffs_on_the_wire`). Otherwise each of the event loop's turns inside
+httpcore (three before the request is written) lets that work run first, and the subscriber
+hears the event about a millisecond later (bench/README.md, "seventh pass"). The wait is
+bounded: a callback that must open a connection lets go when it starts connecting, one that
+fails when it fails, and none is waited for longer than HOLD_BACK_LIMIT_S.
 """
 
+import asyncio
 import functools
 import logging
 import random
@@ -42,6 +52,16 @@ SEND_CONCURRENCY = 64
 DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
 ANSWERED_CHUNK = 200  # subscription ids per statement
+HOLD_BACK_LIMIT_S = 0.005
+# httpcore's trace events after which a callback no longer holds other work back: its request
+# is written, or it has to connect first (a round trip at least, maybe a TLS handshake).
+LET_GO = frozenset(
+    {
+        "http11.send_request_body.complete",
+        "http2.send_request_body.complete",
+        "connection.connect_tcp.started",
+    }
+)
 DELIVERIES, SUBSCRIPTIONS = Delivery.__table__, Subscription.__table__
 # The common outcome, a 2xx, in two statements for the whole batch (no rows loaded).
 MARK_DELIVERED = (
@@ -78,6 +98,8 @@ class Send:
     delivery: Delivery | SimpleNamespace
     subscription: Subscription | sa.Row
     event: JobEvent | StagedEvent
+    # A handoff's: done once its request is written (or it let go, see LET_GO).
+    on_the_wire: asyncio.Future | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,19 @@ async def _with_what_they_carry(session, deliveries: list[Delivery]) -> list[Sen
         e.seq: e for e in (await session.exec(select(JobEvent).where(JobEvent.seq.in_(seqs)))).all()
     }
     return [Send(d, subscriptions[d.subscription_id], events[d.event_seq]) for d in deliveries]
+
+
+def _let_go(send: Send) -> None:
+    if send.on_the_wire is not None and not send.on_the_wire.done():
+        send.on_the_wire.set_result(None)
+
+
+def _letting_go(on_the_wire: asyncio.Future) -> outbound.Trace:
+    async def trace(event: str, _info: dict) -> None:
+        if event in LET_GO and not on_the_wire.done():
+            on_the_wire.set_result(None)
+
+    return trace
 
 
 class Dispatcher(Loop):
@@ -134,6 +169,7 @@ class Dispatcher(Loop):
         # statement on the driver), and the others (retries, give-ups, disabled endpoints).
         self._delivered = GroupCommit(db, self._record_delivered, on_driver=True)
         self._undelivered = GroupCommit(db, self._record_others)
+        self._unwritten: set[asyncio.Future] = set()  # handoffs not yet on the wire
 
     def leases(self, subscription_ids: list[uuid.UUID], now: datetime) -> list[datetime | None]:
         """Inside the transaction that writes new deliveries: a lease for each that this
@@ -158,20 +194,36 @@ class Dispatcher(Loop):
         for row, subscription, event in handed:
             # As they are (the delivery's columns, the subscription's row, the staged event):
             # building ORM objects here cost more than the rest of the handoff.
-            send = Send(SimpleNamespace(**row), subscription, event)
+            send = Send(SimpleNamespace(**row), subscription, event, self._unwritten_future())
             self._started(send)
             self._begin(send)
+
+    def _unwritten_future(self) -> asyncio.Future:
+        written = asyncio.get_running_loop().create_future()
+        self._unwritten.add(written)
+        written.add_done_callback(self._unwritten.discard)
+        return written
+
+    async def handoffs_on_the_wire(self, limit_s: float = HOLD_BACK_LIMIT_S) -> None:
+        """Wait until the callbacks handed over so far are written, or let go (at most
+        `limit_s`; later handoffs are not waited for)."""
+        if self._unwritten:
+            await asyncio.wait(list(self._unwritten), timeout=limit_s)
 
     def _begin(self, send: "Send") -> None:
         """A handed-over send starts at once, as a task of the running loop (no queue between:
         its POST leaves on the event loop's next turn)."""
         if self._sends is None:  # the loop has stopped: give it back
-            self._cut_short.append(send)
+            self._give_back(send)
             return
         try:
             self._sends.start_soon(self._tracked, send)
         except RuntimeError:  # its task group has just closed
-            self._cut_short.append(send)
+            self._give_back(send)
+
+    def _give_back(self, send: "Send") -> None:
+        _let_go(send)
+        self._cut_short.append(send)
 
     def _started(self, send: "Send") -> None:
         self._sending += 1
@@ -254,6 +306,7 @@ class Dispatcher(Loop):
         try:
             await self._send(send)
         finally:
+            _let_go(send)
             self._sending -= 1
             self._in_flight[send.subscription.id] -= 1
             if not self._in_flight[send.subscription.id]:
@@ -266,7 +319,8 @@ class Dispatcher(Loop):
         now = self.clock.now()
         body = body_for(subscription, event)
         headers = headers_for(subscription, message_id(delivery.id), body, now)
-        attempt, error = await self._post(subscription.url, body, headers)
+        trace = _letting_go(send.on_the_wire) if send.on_the_wire else None
+        attempt, error = await self._post(subscription.url, body, headers, trace)
         await self._settle(send, attempt, error)
 
     async def failed(self, send: "Send", exc: Exception) -> None:
@@ -291,12 +345,20 @@ class Dispatcher(Loop):
         delivered = decision.outcome == schedule.DELIVERED
         await (self._delivered if delivered else self._undelivered).submit(outcome)
 
-    async def _post(self, url: str, body: bytes, headers: dict) -> tuple[Attempt, str | None]:
+    async def _post(
+        self, url: str, body: bytes, headers: dict, trace: outbound.Trace | None
+    ) -> tuple[Attempt, str | None]:
         """One POST. Whatever it raises (a refused address, a URL httpx cannot send, a
         timeout) is this attempt's failure, never the loop's."""
         try:
             response = await outbound.request(
-                self.transport, "POST", url, content=body, headers=headers, timeouts=self.timeout_s
+                self.transport,
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                timeouts=self.timeout_s,
+                trace=trace,
             )
         except Exception as exc:
             return Attempt(None), failure_reason(exc)
