@@ -44,30 +44,11 @@ def _request(
 
 
 async def request(
-    transport: httpx.AsyncBaseTransport,
-    method: str,
-    url: str,
-    *,
-    timeouts: httpx.Timeout | float,
-    headers: Mapping[str, str] | None = None,
-    content: bytes | None = None,
-    json: Any = None,
-    trace: Trace | None = None,
+    transport: httpx.AsyncBaseTransport, method: str, url: str, **options: Any
 ) -> httpx.Response:
-    """One request and its whole response body (`response.content`, `.json()`). `timeouts`
-    are httpx's, per phase (connect, each read and write, waiting for a pooled connection),
-    not a bound on the whole request. `trace` is told of each phase as it starts and ends."""
-    opened = stream(
-        transport,
-        method,
-        url,
-        timeouts=timeouts,
-        headers=headers,
-        content=content,
-        json=json,
-        trace=trace,
-    )
-    async with opened as response:
+    """One request and its whole response body (`response.content`, `.json()`); `options`
+    are `stream`'s."""
+    async with stream(transport, method, url, **options) as response:
         await response.aread()
     return response
 
@@ -85,7 +66,10 @@ async def stream(
     trace: Trace | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """One request whose response body is read as it arrives (`response.aiter_bytes()`);
-    the connection goes back to its pool (or is closed, if the body was left unread) on exit."""
+    the connection goes back to its pool (or is closed, if the body was left unread) on exit.
+    `timeouts` are httpx's, per phase (connect, each read and write, waiting for a pooled
+    connection), not a bound on the whole request. `trace` is told of each phase as it
+    starts and ends."""
     sent = _request(method, url, headers, timeouts, content, json, trace)
     response = await transport.handle_async_request(sent)
     response.request = sent

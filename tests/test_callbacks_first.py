@@ -50,12 +50,12 @@ async def _a_callback_in_flight(stack, transport: HeldTransport) -> Dispatcher:
     with anyio.fail_after(10):
         response = await stack.post_webhook(job["id"], {"id": task_id, "status": "Error"})
     assert response.json() == {"status": "applied"}
-    await wait_for(lambda: _true(bool(transport.requests)))
+
+    async def callback_sent() -> bool:
+        return bool(transport.requests)
+
+    await wait_for(callback_sent)
     return next(loop for loop in stack.services.loops if isinstance(loop, Dispatcher))
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 @pytest.mark.parametrize(

@@ -125,15 +125,15 @@ async def _with_what_they_carry(session, deliveries: list[Delivery]) -> list[Sen
     return [Send(d, subscriptions[d.subscription_id], events[d.event_seq]) for d in deliveries]
 
 
-def _let_go(send: Send) -> None:
-    if send.on_the_wire is not None and not send.on_the_wire.done():
-        send.on_the_wire.set_result(None)
+def _let_go(on_the_wire: asyncio.Future | None) -> None:
+    if on_the_wire is not None and not on_the_wire.done():
+        on_the_wire.set_result(None)
 
 
 def _letting_go(on_the_wire: asyncio.Future) -> outbound.Trace:
     async def trace(event: str, _info: dict) -> None:
-        if event in LET_GO and not on_the_wire.done():
-            on_the_wire.set_result(None)
+        if event in LET_GO:
+            _let_go(on_the_wire)
 
     return trace
 
@@ -222,7 +222,7 @@ class Dispatcher(Loop):
             self._give_back(send)
 
     def _give_back(self, send: "Send") -> None:
-        _let_go(send)
+        _let_go(send.on_the_wire)
         self._cut_short.append(send)
 
     def _started(self, send: "Send") -> None:
@@ -306,7 +306,7 @@ class Dispatcher(Loop):
         try:
             await self._send(send)
         finally:
-            _let_go(send)
+            _let_go(send.on_the_wire)
             self._sending -= 1
             self._in_flight[send.subscription.id] -= 1
             if not self._in_flight[send.subscription.id]:
