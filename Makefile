@@ -44,6 +44,7 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke
+	$(BIN)/python -m bench.outbound --runs 1 --requests 100
 
 clean:
 	rm -rf $(VENV) fluxhook.db fluxhook.db-wal fluxhook.db-shm

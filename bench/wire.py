@@ -208,8 +208,8 @@ class Sink:
         self._writers: set[asyncio.StreamWriter] = set()
         self.url = ""
 
-    async def start(self) -> "Sink":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> "Sink":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/hook"
         return self

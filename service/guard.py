@@ -7,9 +7,8 @@ and connects to the address it checked, so the DNS answer cannot change in betwe
 exception is the configured upstream (BFL_API_URL and BFL_POLL_HOSTS origins: that is how the
 emulator on loopback serves as BFL), plus ALLOW_PRIVATE_TARGETS on the subscriber client.
 Redirects are never followed (requests go on the transport, `service.outbound`, which
-follows none).
-The connection itself is `service.netstream`'s asyncio stream (httpcore's anyio one costs
-most of a loopback round trip's CPU).
+follows none). The transport is `service.http11`'s; its connections are `service.netstream`'s
+asyncio streams.
 """
 
 import socket
@@ -21,6 +20,7 @@ import httpcore
 import httpx
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
+from service.http11 import Http11Transport
 from service.netstream import AsyncioBackend
 from service.targets import forbidden_address
 
@@ -99,8 +99,8 @@ class GuardedBackend(AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the guarded backend (no proxies from the environment)."""
+class GuardedTransport(Http11Transport):
+    """fluxhook's transport (`service.http11`) on the guarded backend."""
 
     def __init__(
         self,
@@ -108,13 +108,4 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        ssl_context = ssl_context or httpx.create_ssl_context()
-        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
-        # httpx does not take a network backend; swap the pool for one built with ours.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
-        )
+        super().__init__(limits, backend, ssl_context)

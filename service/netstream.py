@@ -105,7 +105,7 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
 
-async def _within(waiter: asyncio.Future, timeout: float | None, timed_out: type) -> None:
+async def wait_within(waiter: asyncio.Future, timeout: float | None, timed_out: type) -> None:
     """Until `waiter` is done; after `timeout` seconds (None: no timer), `timed_out`."""
     try:
         if timeout is None:
@@ -151,7 +151,7 @@ class AsyncioStream(AsyncNetworkStream):
                 return b""
             protocol.read_waiter = self._loop.create_future()
             try:
-                await _within(protocol.read_waiter, timeout, httpcore.ReadTimeout)
+                await wait_within(protocol.read_waiter, timeout, httpcore.ReadTimeout)
             finally:
                 protocol.read_waiter = None
             if self._closed:
@@ -178,7 +178,7 @@ class AsyncioStream(AsyncNetworkStream):
             return
         protocol.drain_waiter = self._loop.create_future()
         try:
-            await _within(protocol.drain_waiter, timeout, httpcore.WriteTimeout)
+            await wait_within(protocol.drain_waiter, timeout, httpcore.WriteTimeout)
         finally:
             protocol.drain_waiter = None
         if protocol.lost:

@@ -32,7 +32,6 @@ from service.models import AppSecret
 from service.records import act_on_jobs
 from service.retention import Retention
 from service.settings import Settings
-from service.shards import sharded
 from service.signals import Signals
 from service.signing import Signing
 from service.transfers import Transfers
@@ -41,10 +40,9 @@ from service.views import Urls
 log = logging.getLogger(__name__)
 LOOP_GRACE_S = 10.0  # in-flight work may finish this long after SIGTERM; then it is released
 # Just above what the loops put in flight: submits 32 + downloads 16 + polls 8; deliveries
-# 64. Each request scans its pool's connections (httpcore), so each is split into small pools.
+# 64.
 UPSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 DELIVERY_LIMITS = httpx.Limits(max_connections=80, max_keepalive_connections=80)
-POOL_SHARDS = 8
 
 
 @dataclass
@@ -187,16 +185,10 @@ async def _transports(settings: Settings, upstream_transport, delivery_transport
         # origins may be private (the emulator on loopback); every other address is vetted.
         trusted = [origin(url) for url in (settings.bfl_api_url, *settings.bfl_poll_hosts)]
         upstream_backend = GuardedBackend(trusted=trusted)
-        upstream_transport = sharded(
-            lambda limits: GuardedTransport(upstream_backend, limits, tls),
-            UPSTREAM_LIMITS,
-            POOL_SHARDS,
-        )
+        upstream_transport = GuardedTransport(upstream_backend, UPSTREAM_LIMITS, tls)
     if delivery_transport is None:
         backend = GuardedBackend(allow_private=settings.allow_private_targets)
-        delivery_transport = sharded(
-            lambda limits: GuardedTransport(backend, limits, tls), DELIVERY_LIMITS, POOL_SHARDS
-        )
+        delivery_transport = GuardedTransport(backend, DELIVERY_LIMITS, tls)
     async with upstream_transport, delivery_transport:
         yield upstream_transport, delivery_transport
 
