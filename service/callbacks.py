@@ -3,7 +3,7 @@
 import json
 from datetime import datetime
 
-from service.events import envelope
+from service.events import envelope_json
 from service.models import JobEvent, Subscription
 from service.signing import standard_headers
 
@@ -14,17 +14,16 @@ def body_for(subscription: Subscription, event: JobEvent) -> bytes:
     """Standing subscriptions get the Standard Webhooks envelope; a drop-in job callback gets
     what BFL itself would have sent: the get_result-shaped body."""
     if subscription.job_id is None:
-        payload = envelope(event)
-    else:
-        data = event.data
-        payload = {
-            "id": data["id"],
-            "status": data["status"],
-            "result": data["result"],
-            "progress": None,
-            "details": data["details"],
-            "preview": None,
-        }
+        return envelope_json(event).encode()
+    data = event.data
+    payload = {
+        "id": data["id"],
+        "status": data["status"],
+        "result": data["result"],
+        "progress": None,
+        "details": data["details"],
+        "preview": None,
+    }
     return json.dumps(payload, separators=(",", ":")).encode()
 
 

@@ -43,6 +43,18 @@ def envelope(event: "JobEvent | StagedEvent") -> dict:
     return {"type": event.type, "timestamp": timestamp, "data": event.data}
 
 
+def envelope_json(event: "JobEvent | StagedEvent") -> str:
+    """The envelope, serialised compactly: every SSE message's data, and the body of a
+    standing subscription's callback. A staged event keeps it, so the streams and the
+    callbacks its commit hands it to encode it once."""
+    encoded = getattr(event, "encoded", None)
+    if encoded is None:
+        encoded = json.dumps(envelope(event), separators=(",", ":"))
+        if isinstance(event, StagedEvent):
+            event.encoded = encoded
+    return encoded
+
+
 def tenant_lock_key(tenant_id: uuid.UUID) -> int:
     """An advisory lock per tenant, so a tenant's events commit in sequence order."""
     return zlib.crc32(b"fluxhook.events." + tenant_id.bytes)
@@ -145,6 +157,7 @@ class StagedEvent:
     seq: int | None = None
     to: uuid.UUID | None = None  # a ping's one subscription (whatever its event types)
     delivery_id: uuid.UUID | None = None  # the id of that subscription's delivery
+    encoded: str | None = None  # `envelope_json`, once something asked for it
 
 
 EVENTS = JobEvent.__table__

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from service.db import Database
-from service.events import EVENTS_CHANNEL, StagedEvent, envelope
+from service.events import EVENTS_CHANNEL, StagedEvent, envelope_json
 from service.models import JobEvent
 from service.signals import WAKE_CHANNEL, Signals
 
@@ -40,8 +40,7 @@ class StreamEvent:
 
     @classmethod
     def from_row(cls, row: "JobEvent | StagedEvent") -> "StreamEvent":
-        body = json.dumps(envelope(row), separators=(",", ":"))
-        return cls(row.seq, row.tenant_id, row.job_id, row.type, body)
+        return cls(row.seq, row.tenant_id, row.job_id, row.type, envelope_json(row))
 
 
 RESYNC = object()  # sentinel: read missed events from the table

@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 from service.clock import FakeClock
 from service.loops.dispatcher import Dispatcher
 from service.models import Delivery, JobEvent, Subscription
+from tests.support.sse import open_stream
 from tests.support.stack import running_emulator, running_stack
 from tests.support.subscriber import running_subscriber
 from tests.support.waiting import wait_for
@@ -47,6 +48,22 @@ async def test_subscriber_gets_each_event_once_signed_as_standard_webhooks(datab
         listed = (await stack.client.get("/v1/subscriptions")).json()["subscriptions"]
         assert [s["id"] for s in listed] == [subscription["id"]]
         assert "secret" not in listed[0]
+
+
+async def test_a_callback_carries_the_envelope_its_stream_message_carries(sqlite_url):
+    async with (
+        running_emulator(**FAST) as emulator,
+        running_stack(sqlite_url, emulator) as stack,
+        running_subscriber() as subscriber,
+        open_stream(stack.client, "/v1/events") as stream,
+    ):
+        await _subscribe(stack, subscriber.url)
+        await stream.start()
+        await stack.submit("flux-dev", prompt="a tram", width=256, height=256)
+        streamed = await stream.take(2)
+        received = await subscriber.wait_for(2)
+        by_type = {body["type"]: body for body in (json.loads(c.body) for c in received)}
+        assert by_type == {m.event: m.data for m in streamed}
 
 
 async def test_during_rotation_both_secrets_verify(sqlite_url):
