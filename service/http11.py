@@ -14,7 +14,9 @@ What it keeps from httpcore: httpx's errors (`ConnectError`, `ReadTimeout`, `Poo
 with the network error as their cause), per-phase timeouts from the request's `timeout`
 extension, the `trace` extension's event names (`connection.connect_tcp.started`,
 `http11.send_request_body.complete`, …), `httpx.Limits` (connections in all, idle ones kept,
-their expiry), and the check that an idle connection is still open before it is reused.
+their expiry), the check that an idle connection is still open before it is reused, a
+response head of up to 100 KiB, and a server's answer read even when it came (a 413) before
+the whole request was written. A connection holding bytes beyond its response is not reused.
 Request bodies are sent from memory (every body fluxhook sends is).
 """
 
@@ -169,10 +171,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if now - self._swept_at < self._sweep_every_s:
             return
         self._swept_at = now
+        stale = []
         for queue in list(self._idle.values()):
             for connection in [c for c in queue if not c.still_open(self._expiry)]:
                 queue.remove(connection)
-                await self._discard(self._take_idle(queue, connection))
+                stale.append(self._take_idle(queue, connection))
+        self._open -= len(stale)
+        if stale:
+            self._make_room()
+        for connection in stale:
+            await connection.close()
 
     async def _opened(self, origin: Origin, timeouts: dict, trace) -> "_Connection":
         self._open += 1
@@ -189,12 +197,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
         info = {"host": host, "port": port}
         await _traced(trace, "connection.connect_tcp.started", info)
         stream = await self._backend.connect_tcp(host, port, timeout=connect_s)
-        await _traced(trace, "connection.connect_tcp.complete", {"return_value": stream})
-        if scheme == "https":
-            await _traced(trace, "connection.start_tls.started", info)
-            context = self._ssl_context or httpx.create_ssl_context()
-            stream = await stream.start_tls(context, server_hostname=host, timeout=connect_s)
-            await _traced(trace, "connection.start_tls.complete", {"return_value": stream})
+        try:
+            await _traced(trace, "connection.connect_tcp.complete", {"return_value": stream})
+            if scheme == "https":
+                await _traced(trace, "connection.start_tls.started", info)
+                context = self._ssl_context or httpx.create_ssl_context()
+                stream = await stream.start_tls(context, server_hostname=host, timeout=connect_s)
+                await _traced(trace, "connection.start_tls.complete", {"return_value": stream})
+        except BaseException:
+            await stream.aclose()
+            raise
         return stream
 
     async def _close_oldest_idle(self) -> None:
@@ -268,7 +280,7 @@ class _Connection:
     def __init__(self, origin: Origin, stream: AsyncNetworkStream) -> None:
         self.origin = origin
         self.stream = stream
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=100 * 1024)
         self.idle_since = 0.0
 
     def still_open(self, expiry: float | None) -> bool:
@@ -280,13 +292,24 @@ class _Connection:
     def ready_for_next(self) -> bool:
         if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
             return False
+        if self.h11.trailing_data[0]:  # bytes after the response: nothing we asked for
+            return False
         self.h11.start_next_cycle()
         return True
 
     async def exchange(
         self, request: httpx.Request, body: bytes, timeouts: dict, trace
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Send the request (headers and body in one write); its response's head."""
+        """Send the request; its response's head."""
+        await self._send(request, body, timeouts.get("write"), trace)
+        await _traced(trace, "http11.receive_response_headers.started", {"request": request})
+        head = await self._final_head(timeouts.get("read"))
+        info = {"status": head.status_code, "headers": head.headers}
+        await _traced(trace, "http11.receive_response_headers.complete", info)
+        return head.status_code, head.headers.raw_items(), head.reason
+
+    async def _send(self, request: httpx.Request, body: bytes, write_s, trace) -> None:
+        """Headers and body in one write."""
         conn = self.h11
         head = h11.Request(method=request.method, target=request.url.raw_path,
                            headers=request.headers.raw)  # fmt: skip
@@ -295,17 +318,26 @@ class _Connection:
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
         await _traced(trace, "http11.send_request_headers.started", {"request": request})
-        await self.stream.write(data, timeout=timeouts.get("write"))
+        try:
+            await self.stream.write(data, timeout=write_s)
+        except httpcore.WriteError:
+            # As httpcore: a server may answer (413…) and close before reading the whole
+            # body; its response is read, or the read fails.
+            return
         await _traced(trace, "http11.send_request_headers.complete", {})
         await _traced(trace, "http11.send_request_body.complete", {})
-        await _traced(trace, "http11.receive_response_headers.started", {"request": request})
+
+    async def _final_head(self, read_s: float | None) -> h11.Response | h11.InformationalResponse:
+        """The response's head: informational (1xx) ones are skipped, but a 101 (Switching
+        Protocols) ends the exchange."""
         while True:
-            event = await self.next_event(timeouts.get("read"))
+            event = await self.next_event(read_s)
             if isinstance(event, h11.Response):
-                break  # informational (1xx) responses are skipped
-        info = {"status": event.status_code, "headers": event.headers}
-        await _traced(trace, "http11.receive_response_headers.complete", info)
-        return event.status_code, event.headers.raw_items(), event.reason
+                return event
+            if not isinstance(event, h11.InformationalResponse):
+                raise httpcore.RemoteProtocolError(f"unexpected {type(event).__name__}")
+            if event.status_code == 101:
+                return event
 
     async def next_event(self, read_s: float | None):
         conn = self.h11
@@ -343,7 +375,7 @@ class _Body(httpx.AsyncByteStream):
                 event = await connection.next_event(self._read_s)
                 if isinstance(event, h11.Data):
                     yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                     self._complete = True
                     return
                 else:  # ConnectionClosed before the end: h11 would have said so

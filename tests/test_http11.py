@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import httpcore
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -307,3 +308,95 @@ async def test_a_waiter_woken_then_cancelled_passes_its_turn_on():
         await first
     async with asyncio.timeout(5):
         await second  # the turn went on
+
+
+class ScriptedStream(httpcore.AsyncNetworkStream):
+    """A connection that answers reads from `replies`, one chunk per read (then EOF), and
+    raises `write_error` on writes if given."""
+
+    def __init__(self, replies: list[bytes], write_error: Exception | None = None) -> None:
+        self.replies = list(replies)
+        self.write_error = write_error
+        self.written = b""
+        self.closed = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.replies.pop(0) if self.replies else b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self.write_error is not None:
+            raise self.write_error
+        self.written += buffer
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, info: str):
+        return False if info == "is_readable" else None
+
+
+class ScriptedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, *streams: ScriptedStream) -> None:
+        self.streams = list(streams)
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return self.streams.pop(0)
+
+
+def scripted_client(*streams: ScriptedStream):
+    transport = Http11Transport(httpx.Limits(), ScriptedBackend(*streams))
+    return transport, httpx.AsyncClient(transport=transport, trust_env=False)
+
+
+async def test_bytes_after_a_response_are_never_the_next_ones():
+    extra = ScriptedStream([OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale"])
+    fresh = ScriptedStream([b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"])
+    _, http = scripted_client(extra, fresh)
+    async with http:
+        assert (await http.get("http://upstream.test/a")).content == b"ok"
+        assert extra.closed  # not kept: it holds bytes nobody asked for
+        assert (await http.get("http://upstream.test/b")).content == b"fresh"
+
+
+async def test_a_big_response_head_arriving_in_pieces():
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\nok"
+    _, http = scripted_client(ScriptedStream([head[:20_000], head[20_000:]]))
+    async with http:
+        response = await http.get("http://upstream.test/")
+        assert (response.status_code, len(response.headers["x-big"])) == (200, 40_000)
+
+
+async def test_an_answer_sent_before_the_whole_body_was_read_is_the_response():
+    early = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbig"
+    stream = ScriptedStream([early], write_error=httpcore.WriteError("connection lost"))
+    transport, http = scripted_client(stream)
+    async with http:
+        response = await http.post("http://upstream.test/", content=b"x" * 1000)
+        assert (response.status_code, response.content) == (413, b"big")
+        assert transport.connections == (0, 0)
+
+
+async def test_switching_protocols_ends_the_exchange():
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: other\r\nconnection: upgrade\r\n\r\n"
+    stream = ScriptedStream([switched])
+    transport, http = scripted_client(stream)
+    async with http:
+        upgrade = {"upgrade": "other", "connection": "upgrade"}
+        response = await http.get("http://upstream.test/", headers=upgrade)
+        assert (response.status_code, response.content) == (101, b"")
+        assert stream.closed and transport.connections == (0, 0)
+
+
+async def test_a_trace_that_fails_after_connecting_closes_the_connection():
+    stream = ScriptedStream([OK])
+
+    async def trace(name, _info):
+        if name == "connection.connect_tcp.complete":
+            raise RuntimeError("the trace broke")
+
+    transport, http = scripted_client(stream)
+    async with http:
+        request = http.build_request("GET", "http://upstream.test/", extensions={"trace": trace})
+        with pytest.raises(RuntimeError, match="the trace broke"):
+            await http.send(request)
+        assert stream.closed and transport.connections == (0, 0)
