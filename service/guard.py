@@ -20,13 +20,12 @@ import httpcore
 import httpx
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
-from service.http11 import Http11Transport
+from service.http11 import DEFAULT_PORTS, Http11Transport
 from service.netstream import AsyncioBackend
 from service.targets import forbidden_address
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Origin = tuple[str, int]
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class TargetRefused(httpcore.ConnectError):

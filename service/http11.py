@@ -25,7 +25,7 @@ import collections
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import h11
 import httpcore
@@ -33,12 +33,13 @@ import httpx
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
 from service.netstream import AsyncioBackend, wait_within
+from service.outbound import Trace
 
 READ_SIZE = 64 * 1024
 # How often idle connections past their expiry (or closed by the server) are closed.
 SWEEP_EVERY_S = 1.0
 Origin = tuple[str, str, int]  # scheme, host, port
-DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}  # also `service.guard`'s
 # httpcore's errors, as the network backends raise them, and what httpx calls them.
 ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
@@ -53,7 +54,6 @@ ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
     (httpcore.LocalProtocolError, httpx.LocalProtocolError),
     (h11.LocalProtocolError, httpx.LocalProtocolError),
 )
-Trace = Callable[[str, dict], Awaitable[None]]
 
 
 @contextlib.contextmanager
@@ -127,8 +127,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._idle.clear()
         self._idle_count = 0
         for connection in idle:
-            self._open -= 1
-            await connection.close()
+            await self._discard(connection)
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -48,7 +48,7 @@ KONTEXT_MAX = "flux-kontext-max"
 GIVE_UP_AFTER = timedelta(hours=1)  # upstream failing this long fails the job
 MAX_BROKEN_SUBMITS = 3  # a submit that raised something unexpected this often fails the job
 # Submits in flight from one process: fewer than the HTTP client's connections, so that no
-# request waits inside httpcore's pool (whose queue handling is quadratic).
+# request waits for a connection.
 SUBMIT_CONCURRENCY = 32
 RETRYABLE = (upstream.BFLRateLimited, upstream.BFLServerError, upstream.BFLUnavailable)
 UNKNOWN_LATENCY_S = 30.0  # a model the catalog does not know: assume a slow one

@@ -11,9 +11,9 @@ wait for the claim as before.
 A handed-over callback goes before the work that nobody waits on: the receiver answers
 BFL's webhook (and so starts the image download), and the image route serves a client that
 has already heard of the image, only once the callbacks handed over so far are written to
-their sockets (`handoffs_on_the_wire`). Otherwise each of the event loop's turns inside
-httpcore (three before the request is written) lets that work run first, and the subscriber
-hears the event about a millisecond later (bench/README.md, "seventh pass"). The wait is
+their sockets (`handoffs_on_the_wire`). Otherwise that work runs first, in the turns of the
+event loop before the callback's task starts and writes its request, and the subscriber
+hears the event later (bench/README.md, "seventh pass" and "eighth pass"). The wait is
 bounded: a callback that must open a connection lets go when it starts connecting, one that
 fails when it fails, and none is waited for longer than HOLD_BACK_LIMIT_S.
 """
@@ -46,22 +46,16 @@ from service.schedule import Attempt, Decision
 from service.signals import Signals
 
 log = logging.getLogger(__name__)
-# POSTs in flight from one process: fewer than the client's connections, so none waits
-# inside httpcore's pool (whose queue handling is quadratic).
+# POSTs in flight from one process: fewer than the client's connections, so none waits for
+# a connection.
 SEND_CONCURRENCY = 64
 DISPATCH_LOCK = 0x466C7578_03
 PENDING = "pending"
 ANSWERED_CHUNK = 200  # subscription ids per statement
 HOLD_BACK_LIMIT_S = 0.005
-# httpcore's trace events after which a callback no longer holds other work back: its request
-# is written, or it has to connect first (a round trip at least, maybe a TLS handshake).
-LET_GO = frozenset(
-    {
-        "http11.send_request_body.complete",
-        "http2.send_request_body.complete",
-        "connection.connect_tcp.started",
-    }
-)
+# The trace events (`service.http11`) after which a callback no longer holds other work back:
+# its request is written, or it has to connect first (a round trip at least, maybe TLS).
+LET_GO = frozenset({"http11.send_request_body.complete", "connection.connect_tcp.started"})
 DELIVERIES, SUBSCRIPTIONS = Delivery.__table__, Subscription.__table__
 # The common outcome, a 2xx, in two statements for the whole batch (no rows loaded).
 MARK_DELIVERED = (
