@@ -22,10 +22,13 @@ from typing import Any
 import httpcore
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
+from service.dialing import connected_socket
+
 # Reading stops while this much received data waits to be read, and resumes below LOW_WATER.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-# As anyio connects (RFC 8305); only used when a host name resolves to several addresses.
+# As anyio connects (RFC 8305); only used when a host name resolves to several addresses
+# (`service.dialing`).
 HAPPY_EYEBALLS_DELAY = 0.25
 
 
@@ -271,25 +274,16 @@ class AsyncioBackend(AsyncNetworkBackend):
         socket_options: Iterable[tuple] | None = None,
     ) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        local_addr = None if local_address is None else (local_address, 0)
         try:
-            if timeout is None:
-                transport, protocol = await loop.create_connection(
-                    _Protocol,
-                    host,
-                    port,
-                    local_addr=local_addr,
-                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+            async with asyncio.timeout(timeout):
+                sock = await connected_socket(
+                    host, port, delay=HAPPY_EYEBALLS_DELAY, local_host=local_address
                 )
-            else:
-                async with asyncio.timeout(timeout):
-                    transport, protocol = await loop.create_connection(
-                        _Protocol,
-                        host,
-                        port,
-                        local_addr=local_addr,
-                        happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
-                    )
+                try:
+                    transport, protocol = await loop.create_connection(_Protocol, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError as exc:  # before OSError, of which it is a subclass
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:

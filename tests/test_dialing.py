@@ -1,0 +1,133 @@
+"""Opening connections (`service.dialing`): the address race, and no socket left to the
+garbage collector whenever the connect is cancelled. Real loopback sockets only."""
+
+import asyncio
+import contextlib
+import gc
+import socket
+import warnings
+
+import pytest
+
+from service.dialing import _interleaved, connected_socket, first_to_connect
+from service.netstream import AsyncioBackend
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+
+
+@contextlib.contextmanager
+def unclosed_sockets():
+    """Collects the ResourceWarnings of sockets the garbage collector had to close."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found: list[str] = []
+        yield found
+        gc.collect()
+    found.extend(str(w.message) for w in caught if issubclass(w.category, ResourceWarning))
+
+
+@contextlib.contextmanager
+def listening(backlog: int = 16):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(backlog)
+        yield server
+
+
+@contextlib.contextmanager
+def refusing():
+    """An address nothing listens on: bound, not listening, so connections are refused."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        yield unused.getsockname()
+
+
+@contextlib.contextmanager
+def hanging():
+    """An address whose connects never complete: a listener whose queue (of one) is full,
+    so the kernel drops further SYNs."""
+    with listening(backlog=0) as server, socket.create_connection(server.getsockname()):
+        yield server.getsockname()
+
+
+async def turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)  # one turn of the loop, no waiting
+
+
+async def test_an_ip_address_is_dialled_directly():
+    with listening() as server:
+        sock = await connected_socket("127.0.0.1", server.getsockname()[1], delay=0.25)
+        with sock:
+            assert sock.getpeername() == server.getsockname()
+            assert sock.proto == socket.IPPROTO_TCP
+
+
+async def test_a_host_name_is_resolved_then_dialled():
+    with listening() as server:
+        sock = await connected_socket("localhost", server.getsockname()[1], delay=0.25)
+        with sock:
+            assert sock.getpeername() == server.getsockname()
+
+
+async def test_a_refused_address_lets_the_next_one_try_at_once():
+    with unclosed_sockets() as leaked, listening() as server, refusing() as refused:
+        addresses = [(V4, refused), (V4, server.getsockname())]
+        sock = await first_to_connect(addresses, delay=3600)  # no waiting for the delay
+        with sock:
+            assert sock.getpeername() == server.getsockname()
+    assert leaked == []
+
+
+async def test_an_address_that_does_not_answer_gives_way_after_the_delay():
+    with unclosed_sockets() as leaked, listening() as server, hanging() as silent:
+        sock = await first_to_connect([(V4, silent), (V4, server.getsockname())], delay=0.05)
+        with sock:
+            assert sock.getpeername() == server.getsockname()
+        await turns(3)  # the cancelled attempt closes its socket as it ends
+    assert leaked == []
+
+
+async def test_when_every_address_refuses_the_error_says_so():
+    with (
+        refusing() as first,
+        refusing() as second,
+        pytest.raises(OSError, match="Multiple exceptions") as refusal,
+    ):
+        await first_to_connect([(V4, first), (V4, second)], delay=3600)
+    assert str(first[1]) in str(refusal.value) and str(second[1]) in str(refusal.value)
+
+
+async def test_families_take_turns_the_first_family_first():
+    a, b, c = ("::1", 1, 0, 0), ("::2", 1, 0, 0), ("::3", 1, 0, 0)
+    x, y = ("10.0.0.1", 1), ("10.0.0.2", 1)  # never dialled: only ordered
+    ordered = _interleaved([(V6, a), (V6, b), (V6, a), (V6, c), (V4, x), (V4, y)])
+    assert ordered == [(V6, a), (V4, x), (V6, b), (V4, y), (V6, c)]
+
+
+@pytest.mark.parametrize("at_turn", range(30))
+async def test_a_race_cancelled_at_any_turn_leaves_no_socket_open(at_turn):
+    """Two addresses that both connect: whoever wins or is cancelled, no socket is dropped
+    unclosed (asyncio's own race leaked the winner when cancelled as the losers wound down)."""
+    with unclosed_sockets() as leaked, listening() as first, listening() as second:
+        addresses = [(V4, first.getsockname()), (V4, second.getsockname())]
+        race = asyncio.create_task(first_to_connect(addresses, delay=0))
+        await turns(at_turn)
+        race.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            (await race).close()
+        await turns(3)
+    assert leaked == []
+
+
+@pytest.mark.parametrize("at_turn", range(30))
+async def test_a_connect_cancelled_at_any_turn_leaves_no_socket_open(at_turn):
+    backend = AsyncioBackend()
+    with unclosed_sockets() as leaked, listening() as server:
+        connect = asyncio.create_task(backend.connect_tcp(*server.getsockname()))
+        await turns(at_turn)
+        connect.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await (await connect).aclose()
+        await turns(3)
+    assert leaked == []
