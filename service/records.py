@@ -19,6 +19,7 @@ from service import direct
 from service.models import Job
 
 JOBS = Job.__table__
+SHAREABLE = (type(None), bool, int, float, str, bytes)  # defaults a new row may share
 
 
 @functools.lru_cache(maxsize=512)
@@ -54,11 +55,26 @@ def new_job(**values) -> JobRecord:
 
 
 def _defaults_of(model: type[SQLModel]) -> dict:
-    return {
-        name: field.get_default(call_default_factory=True)
-        for name, field in model.model_fields.items()
-        if not field.is_required()
-    }
+    fixed, made = _default_parts(model)
+    return fixed | {name: make() for name, make in made.items()}
+
+
+@functools.cache
+def _default_parts(model: type[SQLModel]) -> tuple[dict, dict]:
+    """The model's defaults, sorted once: values that can be shared (immutable), and what
+    makes the others. (pydantic's `get_default` inspects a factory's signature each call.)"""
+    fixed, made = {}, {}
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            continue
+        factory = field.default_factory
+        if factory is None and isinstance(field.default, SHAREABLE):
+            fixed[name] = field.default
+        elif factory is not None and not field.default_factory_takes_validated_data:
+            made[name] = factory
+        else:
+            made[name] = functools.partial(field.get_default, call_default_factory=True)
+    return fixed, made
 
 
 async def lock_jobs(session: AsyncSession, ids) -> dict[uuid.UUID, JobRecord]:
