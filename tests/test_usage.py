@@ -68,7 +68,8 @@ async def test_a_ready_whose_image_never_comes_counts_once_as_error(sqlite_url):
         running_stack(sqlite_url, emulator, {"clock": clock}) as stack,
     ):
         job = await stack.submit("flux-dev", **SMALL)
-        ready = {"id": "t", "status": "Ready", "result": {"sample": "http://☃.net/s.jpeg"}}
+        task_id = (await stack.reaches(job["id"], "Pending"))["bfl_id"]  # submitted upstream
+        ready = {"id": task_id, "status": "Ready", "result": {"sample": "http://☃.net/s.jpeg"}}
         assert (await stack.post_webhook(job["id"], ready)).status_code == 200
         await stack.reaches(job["id"], "Error")
         usage = (await stack.client.get("/v1/usage")).json()
