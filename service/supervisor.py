@@ -17,30 +17,26 @@ coordinate through the database exactly as separate dynos do.
 - A supervisor that disappears (SIGKILL) closes its end of a socket pair the children hold the
   other end of: each child notices and shuts down, so no orphan keeps the port.
 - Metrics: the children get PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless it is
-  set), and a child that exits is marked dead there. The directory is named after the
-  supervisor's pid; one that a SIGKILLed supervisor left behind (its pid no longer running) is
-  removed when the next supervisor starts.
+  set), and a child that exits is marked dead there. One that a SIGKILLed supervisor left
+  behind is removed when the next supervisor starts (`service.metrics_dir`).
 """
 
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import anyio
 from anyio.abc import Process
 
+from service.metrics_dir import held_metrics_dir
 from service.server import serve
 
 log = logging.getLogger("fluxhook")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-METRICS_DIR_PREFIX = "fluxhook-metrics-"  # then the supervisor's pid, "-", mkdtemp's letters
 
 
 def supervise(sock: socket.socket, count: int) -> int:
@@ -119,31 +115,9 @@ def _children_env() -> Iterator[dict[str, str]]:
     if env.get("PROMETHEUS_MULTIPROC_DIR"):
         yield env
         return
-    _remove_orphaned_metrics(Path(tempfile.gettempdir()))
-    directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
-    env["PROMETHEUS_MULTIPROC_DIR"] = directory
-    try:
+    with held_metrics_dir() as directory:
+        env["PROMETHEUS_MULTIPROC_DIR"] = directory
         yield env
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _remove_orphaned_metrics(parent: Path) -> None:
-    """Metrics directories of supervisors that are gone (killed before their clean-up ran)."""
-    for directory in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
-        owner = directory.name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
-        if owner.isdigit() and not _running(int(owner)):
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _mark_dead(pid: int, directory: str) -> None:
