@@ -15,8 +15,10 @@ import asyncio
 import ipaddress
 import itertools
 import socket
+from collections.abc import Awaitable, Callable
 
 Address = tuple[int, tuple]  # (family, sockaddr)
+Dial = Callable[[Address, str | None], Awaitable[socket.socket]]
 
 
 async def connected_socket(
@@ -67,20 +69,21 @@ async def _attempt(address: Address, local_host: str | None) -> socket.socket:
 
 
 async def first_to_connect(
-    addresses: list[Address], delay: float, local_host: str | None = None
+    addresses: list[Address], delay: float, local_host: str | None = None, *, dial: Dial = _attempt
 ) -> socket.socket:
     """The first of `addresses` to connect: each attempt after the first starts when the one
-    before it fails or `delay` seconds pass; the losers are cancelled and their sockets closed."""
+    before it fails or `delay` seconds pass; the losers are cancelled and their sockets closed.
+    `dial(address, local_host)` makes one attempt (tests give their own)."""
     attempts: list[asyncio.Task] = []
     winner = None
     try:
         for address in addresses:
-            attempts.append(asyncio.create_task(_attempt(address, local_host)))
+            attempts.append(asyncio.create_task(dial(address, local_host)))
             if (winner := await _first_success(attempts, within=delay)) is not None:
                 return winner
         if (winner := await _first_success(attempts, within=None)) is not None:
             return winner
-        raise _failure([attempt.exception() for attempt in attempts])
+        raise _failure(attempts)
     finally:
         for attempt in attempts:
             _let_go(attempt, keep=winner)
@@ -119,9 +122,15 @@ def _let_go(attempt: asyncio.Task, keep: socket.socket | None) -> None:
         attempt.add_done_callback(close_unless_kept)
 
 
-def _failure(errors: list[BaseException]) -> OSError:
-    """One error for a race every attempt lost (as `create_connection` words it)."""
+def _failure(attempts: list[asyncio.Task]) -> BaseException:
+    """One error for a race every attempt lost (as `create_connection` words it); an error
+    that is not the network's (a bug) comes out as it is."""
+    errors = [attempt.exception() for attempt in attempts if not attempt.cancelled()]
+    if not errors:
+        return OSError("no address to connect to")
+    if bug := next((error for error in errors if not isinstance(error, OSError)), None):
+        return bug
     messages = list(dict.fromkeys(str(error) for error in errors))
-    if len(messages) == 1 and isinstance(errors[0], OSError):
+    if len(messages) == 1:
         return errors[0]
     return OSError(f"Multiple exceptions: {', '.join(messages)}")
