@@ -15,7 +15,7 @@ from collections.abc import Iterator
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 TOKEN_PATHS = re.compile(r"^/(webhooks/bfl|images)/[^/]+")
-REQUEST_ID = re.compile(r"[\w.-]{1,64}")  # what an incoming X-Request-ID may be
+REQUEST_ID = re.compile(rb"[A-Za-z0-9_.-]{1,64}")  # what an incoming X-Request-ID may be
 access_log = logging.getLogger("fluxhook.access")
 QUIET_LIBRARIES = (
     "sqlalchemy",
@@ -129,13 +129,13 @@ class RequestContext:
 
 
 def _request_id(headers) -> str:
-    """The caller's X-Request-ID if it is a sane one, else a new one."""
+    """The caller's X-Request-ID (the last, if several) if it is a sane one, else a new one."""
+    incoming = b""
     for name, value in headers:
         if name == b"x-request-id":
-            incoming = value.decode("latin-1")
-            if REQUEST_ID.fullmatch(incoming):
-                return incoming
-            break
+            incoming = value
+    if REQUEST_ID.fullmatch(incoming):
+        return incoming.decode("ascii")
     return os.urandom(16).hex()
 
 

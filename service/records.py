@@ -54,6 +54,11 @@ def new_job(**values) -> JobRecord:
     return JobRecord(vars(new_row(Job, **values)))
 
 
+def _takes_validated_data(field) -> bool:
+    """Whether a default factory wants the fields validated so far (pydantic ≥ 2.10 can)."""
+    return getattr(field, "default_factory_takes_validated_data", False)
+
+
 def _defaults_of(model: type[SQLModel]) -> dict:
     fixed, made = _default_parts(model)
     return fixed | {name: make() for name, make in made.items()}
@@ -70,7 +75,7 @@ def _default_parts(model: type[SQLModel]) -> tuple[dict, dict]:
         factory = field.default_factory
         if factory is None and isinstance(field.default, SHAREABLE):
             fixed[name] = field.default
-        elif factory is not None and not field.default_factory_takes_validated_data:
+        elif factory is not None and not _takes_validated_data(field):
             made[name] = factory
         else:
             made[name] = functools.partial(field.get_default, call_default_factory=True)

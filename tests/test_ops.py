@@ -161,6 +161,11 @@ async def test_request_ids_are_echoed(sqlite_url):
         assert mine.headers["x-request-id"] == "abc-123"
         fresh = await stack.client.get("/healthz", headers={"x-request-id": "bad id!"})
         assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["x-request-id"])
+        both = [("x-request-id", "first"), ("x-request-id", "second")]
+        last = await stack.client.get("/healthz", headers=both)
+        assert last.headers["x-request-id"] == "second"  # as a dict of the headers would have it
+        latin = await stack.client.get("/healthz", headers=[(b"x-request-id", b"caf\xe9")])
+        assert re.fullmatch(r"[0-9a-f]{32}", latin.headers["x-request-id"])  # ASCII ids only
 
 
 async def test_readiness_checks_log_no_alembic_lines(sqlite_url):
