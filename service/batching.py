@@ -7,6 +7,14 @@ applies it in one write transaction and answers every caller in it. Then leaders
 to a caller still waiting, so no caller waits on batches after its own, however long the
 load lasts. Callers return only after their change has committed. If a batch fails, its
 items are retried one by one, so one bad item fails alone.
+
+Before it takes the queue, a leader lets the event loop turn until `QUIET_TURNS` turns in a
+row bring nobody (at most `GATHER_TURNS` turns). On SQLite a transaction runs on the loop
+without waiting, so nothing can join it once begun: without those turns, the requests that
+arrived together (each a few turns from its handler to here, in whatever order the loop runs
+them) went in batches of about three. With them, 32 webhooks in flight commit ≈ 1.5× as many
+per second for ≈ a third less CPU each (bench/README.md, ninth pass); alone, a caller waits
+three turns of an idle loop (tens of microseconds).
 """
 
 import asyncio
@@ -20,6 +28,8 @@ from service.db import Database
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+GATHER_TURNS = 8  # at most, while callers keep joining (see above)
+QUIET_TURNS = 3  # turns in a row with nobody joining: the batch is what it will be
 Apply = Callable[[AsyncSession, list], Awaitable[list]]
 
 
@@ -63,6 +73,7 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _lead_one_batch(self) -> None:
         self._leading = True
+        await self._let_others_join()
         batch = self._queue[: self._max_items]
         del self._queue[: self._max_items]
         try:
@@ -71,6 +82,15 @@ class GroupCommit(Generic[Item, Result]):
             self._leading = False
             self._batch_over.set()  # the waiting callers: answered, or one of them leads next
             self._batch_over = asyncio.Event()
+
+    async def _let_others_join(self) -> None:
+        quiet = 0
+        for _ in range(GATHER_TURNS):
+            queued = len(self._queue)
+            await asyncio.sleep(0)  # one turn of the loop: callers on their way get here
+            quiet = quiet + 1 if len(self._queue) == queued else 0
+            if quiet == QUIET_TURNS or len(self._queue) >= self._max_items:
+                return
 
     def _forget(self, entry: tuple[Item, asyncio.Future]) -> None:
         for index, queued in enumerate(self._queue):

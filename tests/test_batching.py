@@ -4,7 +4,7 @@ import anyio
 import pytest
 from sqlmodel import select
 
-from service.batching import GroupCommit
+from service.batching import GATHER_TURNS, QUIET_TURNS, GroupCommit
 from service.db import Database, create_engine, on_commit
 from service.models import AppSecret
 from service.settings import Settings
@@ -189,3 +189,43 @@ async def test_a_callback_that_fails_after_the_commit_does_not_make_the_batch_ag
 
 def _fail_after_commit() -> None:
     raise RuntimeError("a hook broke")
+
+
+async def _recorded_batches(db: Database, arrivals: dict[str, int]) -> list[list[str]]:
+    """The batches of callers that each submit after waiting `arrivals[name]` turns of the loop."""
+    batches = []
+
+    async def apply(session, names):
+        batches.append(list(names))
+        return names
+
+    commits = GroupCommit(db, apply)
+
+    async def submit_after(turns: int, name: str) -> None:
+        for _ in range(turns):
+            await anyio.lowlevel.checkpoint()
+        await commits.submit(name)
+
+    async with anyio.create_task_group() as tg:
+        for name, turns in arrivals.items():
+            tg.start_soon(submit_after, turns, name)
+    return batches
+
+
+async def test_callers_still_on_their_way_join_the_leaders_batch(db):
+    """A leader lets the loop turn while callers keep arriving, as the requests that came in
+    together reach the group commit a few turns apart."""
+    assert await _recorded_batches(db, {"a": 0, "b": 1, "c": 2, "d": 3}) == [["a", "b", "c", "d"]]
+
+
+async def test_a_leader_alone_waits_a_few_quiet_turns_not_more(db):
+    batches = await _recorded_batches(db, {"a": 0, "late": QUIET_TURNS + 2})
+    assert batches == [["a"], ["late"]]
+
+
+async def test_a_leader_stops_gathering_after_so_many_turns(db):
+    """Callers that keep coming, one a turn, do not hold the batch back for ever."""
+    arrivals = {f"c{turn}": turn for turn in range(GATHER_TURNS + 6)}
+    batches = await _recorded_batches(db, arrivals)
+    assert len(batches[0]) <= GATHER_TURNS + 1
+    assert [name for batch in batches for name in batch] == list(arrivals)
