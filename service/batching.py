@@ -73,10 +73,10 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _lead_one_batch(self) -> None:
         self._leading = True
-        await self._let_others_join()
-        batch = self._queue[: self._max_items]
-        del self._queue[: self._max_items]
         try:
+            await self._let_others_join()
+            batch = self._queue[: self._max_items]
+            del self._queue[: self._max_items]
             await self._commit(batch)
         finally:
             self._leading = False

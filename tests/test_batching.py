@@ -1,5 +1,7 @@
 """Group commit: callers share transactions, each answered once its own change commits."""
 
+import asyncio
+
 import anyio
 import pytest
 from sqlmodel import select
@@ -229,3 +231,25 @@ async def test_a_leader_stops_gathering_after_so_many_turns(db):
     batches = await _recorded_batches(db, arrivals)
     assert len(batches[0]) <= GATHER_TURNS + 1
     assert [name for batch in batches for name in batch] == list(arrivals)
+
+
+async def test_a_leader_cancelled_while_it_gathers_leaves_the_others_to_commit(db):
+    """A plain asyncio cancellation (a server dropping a request's task) reaches the leader
+    through its shield while it waits for company: the next caller leads instead."""
+    batches = []
+
+    async def apply(session, names):
+        batches.append(list(names))
+        return names
+
+    commits = GroupCommit(db, apply)
+    leader = asyncio.create_task(commits.submit("leader"))
+    await asyncio.sleep(0)  # the leader is gathering
+    follower = asyncio.create_task(commits.submit("follower"))
+    await asyncio.sleep(0)  # the follower has queued behind it
+    leader.cancel()
+    async with asyncio.timeout(10):  # a leader that left `_leading` set strands it for ever
+        assert await follower == "follower"
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert batches == [["follower"]]
