@@ -77,7 +77,7 @@ class GroupCommit(Generic[Item, Result]):
             await self._let_others_join()
             batch = self._queue[: self._max_items]
             del self._queue[: self._max_items]
-            await self._commit(batch)
+            await _to_the_end(self._commit(batch))
         finally:
             self._leading = False
             self._batch_over.set()  # the waiting callers: answered, or one of them leads next
@@ -111,6 +111,23 @@ class GroupCommit(Generic[Item, Result]):
             return
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """`work` in a task of its own, awaited to its end even if the caller is cancelled
+    meanwhile (then the cancellation follows). A plain asyncio cancellation passes anyio's
+    shield: a server dropping the leader's request must not abandon the batch it took, whose
+    other callers only its commit answers."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    task.result()
 
 
 def _settle(future: asyncio.Future, result=None, exc: BaseException | None = None) -> None:

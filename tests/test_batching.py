@@ -253,3 +253,29 @@ async def test_a_leader_cancelled_while_it_gathers_leaves_the_others_to_commit(d
     with pytest.raises(asyncio.CancelledError):
         await leader
     assert batches == [["follower"]]
+
+
+async def test_a_leader_cancelled_mid_commit_still_commits_the_batch_it_took(db):
+    """The batch's other callers are answered by its commit alone: it runs to its end."""
+    applying, release = asyncio.Event(), asyncio.Event()
+    batches = []
+
+    async def apply(session, names):
+        batches.append(list(names))
+        applying.set()
+        await release.wait()
+        return names
+
+    commits = GroupCommit(db, apply)
+    leader = asyncio.create_task(commits.submit("leader"))
+    await asyncio.sleep(0)  # the leader is gathering
+    follower = asyncio.create_task(commits.submit("follower"))
+    await applying.wait()
+    leader.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the leader
+    release.set()
+    async with asyncio.timeout(10):
+        assert await follower == "follower"
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert batches == [["leader", "follower"]]
