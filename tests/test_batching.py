@@ -10,6 +10,7 @@ from service.batching import GATHER_TURNS, QUIET_TURNS, GroupCommit
 from service.db import Database, create_engine, on_commit
 from service.models import AppSecret
 from service.settings import Settings
+from tests.support.waiting import turns
 
 
 @pytest.fixture
@@ -203,14 +204,13 @@ async def _recorded_batches(db: Database, arrivals: dict[str, int]) -> list[list
 
     commits = GroupCommit(db, apply)
 
-    async def submit_after(turns: int, name: str) -> None:
-        for _ in range(turns):
-            await anyio.lowlevel.checkpoint()
+    async def submit_after(count: int, name: str) -> None:
+        await turns(count)
         await commits.submit(name)
 
     async with anyio.create_task_group() as tg:
-        for name, turns in arrivals.items():
-            tg.start_soon(submit_after, turns, name)
+        for name, count in arrivals.items():
+            tg.start_soon(submit_after, count, name)
     return batches
 
 
@@ -244,9 +244,9 @@ async def test_a_leader_cancelled_while_it_gathers_leaves_the_others_to_commit(d
 
     commits = GroupCommit(db, apply)
     leader = asyncio.create_task(commits.submit("leader"))
-    await asyncio.sleep(0)  # the leader is gathering
+    await turns(1)  # the leader is gathering
     follower = asyncio.create_task(commits.submit("follower"))
-    await asyncio.sleep(0)  # the follower has queued behind it
+    await turns(1)  # the follower has queued behind it
     leader.cancel()
     async with asyncio.timeout(10):  # a leader that left `_leading` set strands it for ever
         assert await follower == "follower"
@@ -268,11 +268,11 @@ async def test_a_leader_cancelled_mid_commit_still_commits_the_batch_it_took(db)
 
     commits = GroupCommit(db, apply)
     leader = asyncio.create_task(commits.submit("leader"))
-    await asyncio.sleep(0)  # the leader is gathering
+    await turns(1)  # the leader is gathering
     follower = asyncio.create_task(commits.submit("follower"))
     await applying.wait()
     leader.cancel()
-    await asyncio.sleep(0)  # the cancellation reaches the leader
+    await turns(1)  # the cancellation reaches the leader
     release.set()
     async with asyncio.timeout(10):
         assert await follower == "follower"

@@ -12,6 +12,7 @@ import pytest
 
 from service.dialing import _interleaved, connected_socket, first_to_connect
 from service.netstream import AsyncioBackend
+from tests.support.waiting import turns
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 MAX_TURNS = 200  # a loopback connect is over long before
@@ -61,11 +62,6 @@ def hanging():
     so the kernel drops further SYNs."""
     with listening(backlog=0) as server, socket.create_connection(server.getsockname()):
         yield server.getsockname()
-
-
-async def turns(count: int) -> None:
-    for _ in range(count):
-        await asyncio.sleep(0)  # one turn of the loop, no waiting
 
 
 async def test_an_ip_address_is_dialled_directly():
