@@ -40,9 +40,10 @@ SMOKE_LIGHT = Plan(rate=5, jobs=5)
 async def measure(plan: Plan, databases: Databases, workdir) -> dict:
     with databases.fresh("sqlite") as database_url:
         async with running_stack(workdir, database_url, latency_s=plan.latency_s) as stack:
-            pushed = await _pushed(stack, plan)
+            with stack.cores_apart() as split:
+                pushed = await _pushed(stack, plan)
             polled_load, polled = await polling_clients(stack.emulator, plan.rate, plan.jobs)
-    figures = {**pushed, **latency_ms(polled, "polling")}
+    figures = {**pushed, **latency_ms(polled, "polling"), "cores": split}
     figures["speedup_sse"] = ratio(figures["polling_p50_ms"], figures["sse_p50_ms"])
     figures["speedup_callback"] = ratio(figures["polling_p50_ms"], figures["callback_p50_ms"])
     figures["polling_load"] = polled_load.summary()

@@ -41,13 +41,14 @@ async def measure(plan: Plan, databases: Databases, workdir) -> dict:
     with databases.fresh("sqlite") as database_url:
         emulator_settings = {"latency_s": plan.latency_s, **DELIVERY}
         async with running_stack(workdir, database_url, **emulator_settings) as stack:
-            pushed = await _pushed(stack, plan)
+            with stack.cores_apart() as split:
+                pushed = await _pushed(stack, plan)
             before = (await stack.emulator.stats())["deliveries"]
             load, polled = await polling_clients(
                 stack.emulator, plan.rate, plan.jobs, body=BODY, download=True
             )
             polled_downloads = (await stack.emulator.stats())["deliveries"] - before
-    figures = {**pushed, **latency_ms(polled, "polling_pixels")}
+    figures = {**pushed, **latency_ms(polled, "polling_pixels"), "cores": split}
     figures["pixels_sooner_p50_ms"] = round(
         figures["polling_pixels_p50_ms"] - figures["pixels_p50_ms"], 2
     )

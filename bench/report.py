@@ -61,7 +61,7 @@ def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
     return [
         (
             f"1. Time to notification (SQLite, {shape.notify_rate:g} jobs/s, from the "
-            "emulator's terminal event)",
+            "emulator's terminal event; fluxhook on a core of its own, bench/cores.py)",
             [*_notify_rows("notify", at_most(15), at_most(50)), *_speedup_rows(),
              *_leg_rows("notify")],
         ),
@@ -80,7 +80,7 @@ def rows(shape: Shape) -> list[tuple[str, list[Row]]]:
         (f"8. Storage and retention (SQLite, {shape.soak_jobs} jobs of 1024×768 JPEG, MB)",
          _soak_rows()),
         ("9. Time to pixels (SQLite; delivery hop: 0.15 s to first byte, 20 MB/s; "
-         "1024×768 JPEG; from the emulator's terminal event)",
+         "1024×768 JPEG; from the emulator's terminal event; fluxhook on a core of its own)",
          [row for rate in shape.pixel_rates for row in _pixel_rows(rate)]),
         (f"10. Fair share (tenant B's queue wait, accepted → submitted upstream; "
          f"{shape.fairness_load}; SQLite)", _fairness_rows()),

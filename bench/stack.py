@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench import profiling, wire
+from bench import cores, profiling, wire
 from bench.processes import Process, ProcessMeter, child_env, free_port, run, start
 
 SECRET_KEY = "bench-secret-key"  # noqa: S105 - a throwaway key for a throwaway database
@@ -102,6 +102,11 @@ class Stack:
     async def subscribe(self, url: str, events: list[str]) -> None:
         body = {"url": url, "events": events, "description": "bench"}
         (await self.http.post("/v1/subscriptions", json=body)).raise_for_status()
+
+    def cores_apart(self):
+        """A context: fluxhook on a core of its own, the bench and the emulator on the others
+        (`bench.cores`); yields how the cores were split."""
+        return cores.apart(self.process.pid, [self.emulator.process.pid])
 
     def event_stream(self) -> wire.EventStream:
         return wire.EventStream(self.url, "/v1/events", self.auth)
