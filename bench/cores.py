@@ -40,16 +40,26 @@ def _pin(pid: int, cpus: set[int]) -> None:
 @contextlib.contextmanager
 def apart(server_pid: int, harness_pids: list[int]) -> Iterator[str]:
     """`server_pid` on the last usable core; this process and `harness_pids` on the others.
-    Yields how the cores were split (for the results); this process gets every core back."""
-    usable = sorted(os.sched_getaffinity(0))
-    if os.environ.get("BENCH_CORES") == SHARED or len(usable) < 2 or not Path("/proc").is_dir():
+    Yields how the cores were split (for the results); afterwards every one of them may use
+    every core again."""
+    if not _can_split():
         yield SHARED
         return
+    usable = sorted(os.sched_getaffinity(0))
     server, rest = {usable[-1]}, set(usable[:-1])
+    harness = [os.getpid(), *harness_pids]
     _pin(server_pid, server)
-    for pid in [os.getpid(), *harness_pids]:
+    for pid in harness:
         _pin(pid, rest)
     try:
         yield f"server on core {usable[-1]}, bench and emulator on {sorted(rest)}"
     finally:
-        _pin(os.getpid(), set(usable))
+        for pid in [server_pid, *harness]:
+            _pin(pid, set(usable))
+
+
+def _can_split() -> bool:
+    """Linux (per-thread affinity, /proc) with two usable cores or more, unless told not to."""
+    if os.environ.get("BENCH_CORES") == SHARED or not hasattr(os, "sched_setaffinity"):
+        return False
+    return len(os.sched_getaffinity(0)) >= 2 and Path("/proc/self/task").is_dir()

@@ -9,7 +9,10 @@ import pytest
 
 from bench import cores
 
-usable = sorted(os.sched_getaffinity(0))
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="per-thread CPU affinity is Linux's"
+)
+usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 # A stand-in server with two threads (affinity is per thread), ready once it says so.
 SERVER = (
     "import sys, threading; threading.Thread(target=sys.stdin.read).start(); "
@@ -38,7 +41,8 @@ def test_the_server_gets_the_last_core_and_everything_else_the_rest():
                 assert os.sched_getaffinity(int(tid)) == {usable[-1]}
             assert os.sched_getaffinity(harness.pid) == set(usable[:-1])
             assert os.sched_getaffinity(0) == set(usable[:-1])
-        assert os.sched_getaffinity(0) == set(usable)
+        for pid in (0, server.pid, harness.pid):
+            assert os.sched_getaffinity(pid) == set(usable)
 
 
 def test_shared_on_request_changes_nothing(monkeypatch):
