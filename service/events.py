@@ -32,8 +32,11 @@ PING = "ping"
 NOTIFY_PAYLOAD_LIMIT = 7900
 STAGED = "fluxhook.staged_events"
 # One round trip for all of a transaction's notifications, sent (and delivered) in order.
+# The payloads go as one JSON array, a single text parameter: as a text[] parameter, psycopg
+# escaped every quote of every payload in Python (13 % of the receiver's CPU at saturation).
 NOTIFY_ALL = sa.text(
-    "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"
+    "SELECT pg_notify(:channel, payload)"
+    " FROM json_array_elements_text(CAST(:payloads AS json)) AS payload"
 )
 
 
@@ -141,7 +144,7 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
     if await _add_deliveries(session, events, now, signals.deliveries):
         await signals.after_commit(session, "dispatcher")  # some wait for a dispatcher's claim
     if postgres:
-        payloads = [notify_payload(event) for event in events]
+        payloads = json.dumps([notify_payload(event) for event in events])
         await direct.execute(session, NOTIFY_ALL, {"channel": EVENTS_CHANNEL, "payloads": payloads})
 
 

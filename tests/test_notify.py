@@ -1,0 +1,69 @@
+"""PostgreSQL: a transaction's events reach every LISTEN connection intact and in order (the
+hub of each serve process builds its streams' messages from these payloads)."""
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from service.db import Database, create_engine
+from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
+from service.models import Tenant
+from service.settings import Settings
+from service.signals import Signals
+from tests.support import postgres
+
+NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
+# What a prompt can carry into an event's data, and what a text array literal must escape.
+HOSTILE = [
+    "plain",
+    'a "quoted" prompt',
+    'back\\slash \\" and \\\\ both',
+    '{"json": ["inside", 1]}',
+    "new\nline\ttab\r",
+    "ünïcödé ✓ 🦊",
+    "'single' quotes, commas, {braces} and NULL",
+    "",
+]
+
+
+@pytest.fixture
+async def db(postgres_cluster):
+    name = postgres.create_database(postgres_cluster)
+    settings = Settings.from_env({"DATABASE_URL": postgres_cluster.url(name)})
+    database = Database(create_engine(settings))
+    yield database
+    await database.dispose()
+    postgres.drop_database(postgres_cluster, name)
+
+
+async def _tenant(db: Database) -> uuid.UUID:
+    tenant_id = uuid.uuid4()
+    async with db.write() as session:
+        session.add(Tenant(id=tenant_id, name="t", created_at=NOW))
+    return tenant_id
+
+
+async def test_a_transactions_events_reach_a_listener_intact_and_in_order(db):
+    tenant_id = await _tenant(db)
+    datas = [{"prompt": text, "i": i} for i, text in enumerate(HOSTILE)]
+    too_big = {"prompt": "x" * NOTIFY_PAYLOAD_LIMIT}  # goes by sequence number only
+    conninfo = db.engine.url.set(drivername="postgresql").render_as_string(False)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {EVENTS_CHANNEL}")
+        async with db.write_direct() as transaction:
+            for data in [*datas, too_big]:
+                await record_event(
+                    transaction, Signals(postgres=True), tenant_id=tenant_id, job_id=None,
+                    type="job.progress", data=data, now=NOW,
+                )  # fmt: skip
+        notes = listener.notifies(timeout=10.0, stop_after=len(datas) + 1)
+        received = [json.loads(note.payload) async for note in notes]
+    assert [row["data"] for row in received[:-1]] == datas
+    assert {row["tenant_id"] for row in received[:-1]} == {str(tenant_id)}
+    assert datetime.fromisoformat(received[0]["created_at"]) == NOW
+    assert list(received[-1]) == ["seq"]
+    seqs = [row["seq"] for row in received]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
