@@ -2,11 +2,10 @@
 others, while a row that measures a notification's latency runs (`notify`, `pixels`).
 
 Why: the load generator, the SSE client, the subscriber and the emulator stand in for other
-machines, but on this two-core machine they shared the server's cores, and the kernel ran them
-on the server's core as soon as its writes woke them. A trace of `pixels_10` (temporary
-timestamps and `getrusage(RUSAGE_THREAD)` in the serve process, bench/README.md "tenth
-pass") counted one involuntary context switch per notification, right between the SSE
-client's write and the callback's: 0.4–0.6 ms off the CPU in the middle of the fan-out. With
+machines, but on this two-core machine they shared the server's cores. A trace of `pixels_10`
+(temporary timestamps and `getrusage(RUSAGE_THREAD)` in the serve process, bench/README.md
+"tenth pass") counted one involuntary context switch per notification, right after the SSE
+client's chunk had woken the bench: 0.4–0.6 ms off the CPU in the middle of the fan-out. With
 the cores apart the same path ran without one, its wall time equal to its CPU time.
 
 The throughput rows (ingest, the whole pipeline, cost, scale-out) keep the cores shared:
