@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-import anyio
 import sqlalchemy as sa
 from sqlmodel import select
 
@@ -95,7 +94,11 @@ class Hub:
         self._backlog = backlog
         self._signals = signals
         self._listeners: dict[uuid.UUID, set[Listener]] = defaultdict(set)
-        self._cursor: int | None = None
+        self._cursor: int | None = None  # SQLite: the last sequence number published
+        # SQLite: this process committed an event after rows of another process that the hub
+        # has not read yet; its events wait for the table's read (up to this seq).
+        self._held_back_to = 0
+        self._read_now = asyncio.Event()
         self.closed = False
         if not db.is_postgres:
             signals.event_committed = self._committed_here
@@ -141,29 +144,48 @@ class Hub:
             await self._follow_table()
 
     def _committed_here(self, row: "StagedEvent") -> None:
-        if self._cursor is not None:
-            self._cursor = max(self._cursor, row.seq)
-        self.publish(StreamEvent.from_row(row))
-
-    async def _follow_table(self) -> None:
-        """SQLite: this process's events arrive as they commit; once a second, the table is
-        read for what other processes (a `fluxhook worker` beside `serve`) committed."""
-        while True:
-            await self.publish_new_rows()
-            await anyio.sleep(1.0)
-
-    async def publish_new_rows(self) -> None:
-        """Publish the rows committed since the last call, in sequence order."""
-        async with self._db.read() as session:
-            if self._cursor is None:
-                self._cursor = (await session.exec(sa.select(sa.func.max(JobEvent.seq)))).scalar()
-                self._cursor = self._cursor or 0
-                return
-            query = select(JobEvent).where(JobEvent.seq > self._cursor).order_by(JobEvent.seq)
-            rows = (await session.exec(query)).all()
-        for row in rows:
+        """SQLite: an event of this process, published as it commits. Writers are serialised,
+        so sequence numbers follow commit order; one that is not the next after the cursor
+        means another process (a `fluxhook worker` beside `serve`) committed rows in between,
+        which the table's read publishes first, then this one."""
+        if self._cursor is None:  # before the first read: its cursor starts after this row
+            self.publish(StreamEvent.from_row(row))
+        elif self._held_back_to or row.seq != self._cursor + 1:
+            self._held_back_to = max(self._held_back_to, row.seq)
+            self._read_now.set()
+        else:
             self._cursor = row.seq
             self.publish(StreamEvent.from_row(row))
+
+    async def _follow_table(self) -> None:
+        """SQLite: this process's events arrive as they commit; the table is read once a
+        second for what other processes committed, and at once when one of this process's
+        events came after such rows."""
+        while True:
+            await self.publish_new_rows()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._read_now.wait()
+            self._read_now.clear()
+
+    async def publish_new_rows(self) -> None:
+        """Publish the rows committed since the cursor, in sequence order, until it has
+        reached this process's events that waited for them."""
+        while True:
+            async with self._db.read() as session:
+                if self._cursor is None:
+                    latest = (await session.exec(sa.select(sa.func.max(JobEvent.seq)))).scalar()
+                    self._cursor = latest or 0
+                    return
+                query = select(JobEvent).where(JobEvent.seq > self._cursor).order_by(JobEvent.seq)
+                rows = (await session.exec(query)).all()
+            for row in rows:
+                if row.seq > self._cursor:  # not published meanwhile
+                    self._cursor = row.seq
+                    self.publish(StreamEvent.from_row(row))
+            if not rows or self._held_back_to <= self._cursor:  # (none: pruned meanwhile)
+                self._held_back_to = 0
+                return
 
 
 class PostgresFollower:

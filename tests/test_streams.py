@@ -1,16 +1,24 @@
 """Server-Sent Events: live, resumable with Last-Event-ID, tenant-scoped, heartbeats, shutdown."""
 
+import json
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import anyio
 import httpx
 
+from service.db import Database, create_engine
+from service.events import record_event
 from service.hub import CLOSED, RESYNC, Hub, StreamEvent
+from service.models import Tenant
+from service.settings import Settings
+from service.signals import Signals
 from tests.support.sse import open_stream
 from tests.support.stack import running_emulator, running_stack
 
 FAST = {"time_scale": 0.01}
+NOW = datetime(2026, 12, 7, 7, 30, tzinfo=UTC)
 SMALL = {"width": 256, "height": 256}
 
 
@@ -160,3 +168,43 @@ async def test_a_job_stream_closes_after_the_live_terminal_event(sqlite_url):
             (ready,) = await stream.take(1)
             assert ready.event == "job.ready"
             assert await stream.ended()
+
+
+async def test_on_sqlite_a_workers_events_reach_the_streams_before_this_process_later_ones(
+    sqlite_url,
+):
+    """`fluxhook worker` beside `serve` on one SQLite file: serve's hub reads the worker's
+    events from the table. One of serve's own events that commits after them must not jump
+    ahead (the cursor would pass them, and they would never reach the streams)."""
+    settings = Settings.from_env({"DATABASE_URL": sqlite_url})
+    serve, worker = Database(create_engine(settings)), Database(create_engine(settings))
+    signals = Signals(postgres=False)
+    hub = Hub(serve, signals)
+    tenant = uuid.uuid4()
+    async with serve.write() as session:
+        session.add(Tenant(id=tenant, name="t", created_at=NOW))
+    await hub.publish_new_rows()  # the cursor starts after what is there
+    try:
+        with hub.listen(tenant) as listener:
+            await _note(worker, Signals(postgres=False), tenant, "the worker's")
+            await _note(serve, signals, tenant, "serve's, after it")
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(hub.run)
+                got = [await listener.next(5.0) for _ in range(2)]
+                await _note(serve, signals, tenant, "serve's next, at once")
+                got.append(await listener.next(5.0))
+                tasks.cancel_scope.cancel()
+    finally:
+        await serve.dispose()
+        await worker.dispose()
+    notes = [json.loads(event.body)["data"]["note"] for event in got]
+    assert notes == ["the worker's", "serve's, after it", "serve's next, at once"]
+    assert [event.seq for event in got] == sorted(event.seq for event in got)
+
+
+async def _note(db: Database, signals: Signals, tenant: uuid.UUID, note: str) -> None:
+    async with db.write_direct() as transaction:
+        await record_event(
+            transaction, signals, tenant_id=tenant, job_id=None, type="job.progress",
+            data={"note": note}, now=NOW,
+        )  # fmt: skip
