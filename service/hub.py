@@ -104,6 +104,11 @@ class Hub:
             signals.event_committed = self._committed_here
 
     @property
+    def streaming(self) -> bool:
+        """Whether any stream listens here."""
+        return bool(self._listeners)
+
+    @property
     def listener_count(self) -> int:
         return sum(len(group) for group in self._listeners.values())
 
@@ -124,6 +129,12 @@ class Hub:
     def publish(self, event: StreamEvent) -> None:
         for listener in list(self._listeners.get(event.tenant_id, ())):
             listener.offer(event)
+
+    def publish_row(self, row: "JobEvent | StagedEvent") -> None:
+        """An event as its row: its message is made only if one of its tenant's streams is
+        here (most processes, most of the time, have none for most tenants)."""
+        if row.tenant_id in self._listeners:
+            self.publish(StreamEvent.from_row(row))
 
     def resync_all(self) -> None:
         for group in self._listeners.values():
@@ -149,13 +160,13 @@ class Hub:
         means another process (a `fluxhook worker` beside `serve`) committed rows in between,
         which the table's read publishes first, then this one."""
         if self._cursor is None:  # before the first read: its cursor starts after this row
-            self.publish(StreamEvent.from_row(row))
+            self.publish_row(row)
         elif self._held_back_to or row.seq != self._cursor + 1:
             self._held_back_to = max(self._held_back_to, row.seq)
             self._read_now.set()
         else:
             self._cursor = row.seq
-            self.publish(StreamEvent.from_row(row))
+            self.publish_row(row)
 
     async def _follow_table(self) -> None:
         """SQLite: this process's events arrive as they commit; the table is read once a
@@ -182,7 +193,7 @@ class Hub:
             for row in rows:
                 if row.seq > self._cursor:  # not published meanwhile
                     self._cursor = row.seq
-                    self.publish(StreamEvent.from_row(row))
+                    self.publish_row(row)
             if not rows or self._held_back_to <= self._cursor:  # (none: pruned meanwhile)
                 self._held_back_to = 0
                 return
@@ -216,6 +227,8 @@ class PostgresFollower:
         if channel == WAKE_CHANNEL:
             self._signals.wake(payload)
             return
+        if not self._hub.streaming:
+            return  # no stream here: every process hears every event, most have nobody
         row = json.loads(payload)
         if "tenant_id" not in row:
             event = await self._load(row["seq"])
@@ -229,7 +242,7 @@ class PostgresFollower:
                 created_at=datetime.fromisoformat(row["created_at"]),
             )
         if event is not None:
-            self._hub.publish(StreamEvent.from_row(event))
+            self._hub.publish_row(event)
 
     async def _load(self, seq: int) -> JobEvent | None:
         async with self._db.read() as session:
