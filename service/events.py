@@ -33,7 +33,8 @@ NOTIFY_PAYLOAD_LIMIT = 7900
 STAGED = "fluxhook.staged_events"
 # One round trip for all of a transaction's notifications, sent (and delivered) in order.
 # The payloads go as one JSON array, a single text parameter: as a text[] parameter, psycopg
-# escaped every quote of every payload in Python (13 % of the receiver's CPU at saturation).
+# escaped every quote of every payload in Python (13 % of the serve process's samples at
+# saturation on PostgreSQL, bench/README.md "tenth pass").
 NOTIFY_ALL = sa.text(
     "SELECT pg_notify(:channel, payload)"
     " FROM json_array_elements_text(CAST(:payloads AS json)) AS payload"

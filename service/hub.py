@@ -1,8 +1,10 @@
 """Live fan-out to SSE streams.
 
-Events reach the hub after their transaction commits. On SQLite one reader follows the
-`job_events` table (writes are serialised, so sequence order is commit order). On PostgreSQL
-a LISTEN connection receives each event's NOTIFY, sent in commit order across processes.
+Events reach the hub after their transaction commits. On SQLite (writes are serialised, so
+sequence order is commit order) this process's events are handed over as they commit, and a
+reader follows the `job_events` table for what other processes commit, ahead of this
+process's later events. On PostgreSQL a LISTEN connection receives each event's NOTIFY, sent
+in commit order across processes.
 A stream that falls behind (or a hub that lost its connection) is told to resync: it reads
 what it missed from the table, so nothing is dropped and nothing is sent twice.
 """

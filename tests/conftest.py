@@ -46,6 +46,14 @@ def database_url(request, tmp_path, sqlite_template):
 
 
 @pytest.fixture
+def postgres_url(postgres_cluster):
+    """A fresh, migrated PostgreSQL database per test."""
+    name = postgres.create_database(postgres_cluster)
+    yield postgres_cluster.url(name)
+    postgres.drop_database(postgres_cluster, name)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path, sqlite_template) -> str:
     path = tmp_path / "fluxhook.db"
     shutil.copy(sqlite_template, path)

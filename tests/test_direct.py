@@ -12,10 +12,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
 from service.db import Database, before_commit, create_engine, on_commit
-from service.models import IdempotencyKey, Image, Job, Subscription, Tenant
+from service.models import IdempotencyKey, Image, Job, Subscription
 from service.records import JOBS, new_row
 from service.settings import Settings
-from tests.support import postgres
+from tests.support.rows import new_tenant
 
 NOW = datetime(2026, 12, 2, 15, 4, 5, 678901, tzinfo=UTC)
 BY_ID = sa.select(JOBS).where(JOBS.c.id == sa.bindparam("id", type_=JOBS.c.id.type))
@@ -40,15 +40,8 @@ def _job(tenant_id: uuid.UUID, **changes) -> Job:
     return Job(**(fields | changes))
 
 
-async def _tenant(db: Database) -> uuid.UUID:
-    tenant_id = uuid.uuid4()
-    async with db.write() as session:
-        session.add(Tenant(id=tenant_id, name="t", created_at=NOW))
-    return tenant_id
-
-
 async def test_rows_read_on_the_driver_equal_the_orms(db):
-    job = _job(await _tenant(db))
+    job = _job(await new_tenant(db, NOW))
     async with db.write() as session:
         session.add(job)  # pending: flushed before the direct statement, as autoflush would
         (row,) = await direct.fetch(session, BY_ID, {"id": job.id})
@@ -60,7 +53,7 @@ async def test_rows_read_on_the_driver_equal_the_orms(db):
 
 
 async def test_rows_written_on_the_driver_read_back_through_the_orm(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     jobs = [_job(tenant_id), _job(tenant_id, status="Ready", result={"sample": "x"})]
     rows = [{c.key: getattr(job, c.key) for c in JOBS.c} for job in jobs]
     async with db.write() as session:
@@ -72,7 +65,7 @@ async def test_rows_written_on_the_driver_read_back_through_the_orm(db):
 
 
 async def test_a_constraint_violation_is_sqlalchemys_error_and_rolls_back(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     job = _job(tenant_id)
     row = {c.key: getattr(job, c.key) for c in JOBS.c}
 
@@ -88,7 +81,7 @@ async def test_a_constraint_violation_is_sqlalchemys_error_and_rolls_back(db):
 
 
 async def test_a_parameter_used_twice_is_sent_to_both_places(db):
-    job = _job(await _tenant(db))
+    job = _job(await new_tenant(db, NOW))
     at = sa.bindparam("at", type_=JOBS.c.updated_at.type)
     touch = (
         sa.update(JOBS).where(JOBS.c.id == sa.bindparam("id")).values(updated_at=at, finished_at=at)
@@ -103,7 +96,7 @@ async def test_a_parameter_used_twice_is_sent_to_both_places(db):
 
 
 async def test_after_a_commit_statements_run_in_the_sessions_next_transaction(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     first, second = _job(tenant_id), _job(tenant_id)
     async with async_sessionmaker(db.engine, class_=AsyncSession)() as session:
         await direct.execute(session, INSERT_JOB, {c.key: getattr(first, c.key) for c in JOBS.c})
@@ -124,7 +117,7 @@ async def _stored(db: Database, job: Job) -> bool:
 
 
 async def test_a_driver_transaction_commits_and_runs_its_hooks_in_order(db):
-    job, seen = _job(await _tenant(db)), []
+    job, seen = _job(await new_tenant(db, NOW)), []
 
     async def before() -> None:
         visible = await direct.fetch(tx, BY_ID, {"id": job.id}) != []
@@ -140,7 +133,7 @@ async def test_a_driver_transaction_commits_and_runs_its_hooks_in_order(db):
 
 
 async def test_an_after_commit_callback_that_fails_is_logged_and_the_others_run(db, caplog):
-    job, seen = _job(await _tenant(db)), []
+    job, seen = _job(await new_tenant(db, NOW)), []
 
     def broken() -> None:
         raise RuntimeError("a hook broke")
@@ -154,7 +147,7 @@ async def test_an_after_commit_callback_that_fails_is_logged_and_the_others_run(
 
 
 async def test_a_driver_transaction_that_raises_writes_nothing_and_the_next_one_works(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     first, second, after = _job(tenant_id), _job(tenant_id), []
 
     async def insert_twice() -> None:
@@ -172,7 +165,7 @@ async def test_a_driver_transaction_that_raises_writes_nothing_and_the_next_one_
 
 
 async def test_a_cancelled_driver_transaction_rolls_back_and_lets_other_writers_in(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     cancelled, later = _job(tenant_id), _job(tenant_id)
     inside = anyio.Event()
 
@@ -192,7 +185,7 @@ async def test_a_cancelled_driver_transaction_rolls_back_and_lets_other_writers_
 
 
 async def test_driver_transactions_and_sessions_take_turns_without_lock_errors(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     jobs = [_job(tenant_id) for _ in range(40)]
 
     async def on_driver(job: Job) -> None:
@@ -214,7 +207,7 @@ async def test_driver_transactions_and_sessions_take_turns_without_lock_errors(d
 async def test_a_sqlite_writer_connection_that_broke_is_opened_again(sqlite_url):
     db = Database(create_engine(Settings.from_env({"DATABASE_URL": sqlite_url})))
     try:
-        tenant_id = await _tenant(db)
+        tenant_id = await new_tenant(db, NOW)
         async with db.write_direct() as tx:
             broken = tx.driver
         await broken.close()  # as if the connection had died under it
@@ -227,17 +220,10 @@ async def test_a_sqlite_writer_connection_that_broke_is_opened_again(sqlite_url)
         await db.dispose()
 
 
-@pytest.fixture
-def postgres_url(postgres_cluster):
-    name = postgres.create_database(postgres_cluster)
-    yield postgres_cluster.url(name)
-    postgres.drop_database(postgres_cluster, name)
-
-
 async def test_a_postgres_connection_lost_mid_transaction_leaves_the_pool(postgres_url):
     db = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
     try:
-        tenant_id = await _tenant(db)
+        tenant_id = await new_tenant(db, NOW)
         lost, job = _job(tenant_id), _job(tenant_id)
         drivers = []
 
@@ -264,7 +250,7 @@ async def test_a_postgres_connection_lost_mid_transaction_leaves_the_pool(postgr
 async def test_postgres_driver_transactions_give_their_connections_back(postgres_url):
     db = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
     try:
-        tenant_id = await _tenant(db)
+        tenant_id = await new_tenant(db, NOW)
         duplicate = _job(tenant_id)
 
         async def insert_twice() -> None:

@@ -2,7 +2,6 @@
 hub of each serve process builds its streams' messages from these payloads)."""
 
 import json
-import uuid
 from datetime import UTC, datetime
 
 import psycopg
@@ -10,10 +9,9 @@ import pytest
 
 from service.db import Database, create_engine
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
-from service.models import Tenant
 from service.settings import Settings
 from service.signals import Signals
-from tests.support import postgres
+from tests.support.rows import new_tenant
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
 # What a prompt can carry into an event's data, and what a text array literal must escape.
@@ -30,24 +28,14 @@ HOSTILE = [
 
 
 @pytest.fixture
-async def db(postgres_cluster):
-    name = postgres.create_database(postgres_cluster)
-    settings = Settings.from_env({"DATABASE_URL": postgres_cluster.url(name)})
-    database = Database(create_engine(settings))
+async def db(postgres_url):
+    database = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
     yield database
     await database.dispose()
-    postgres.drop_database(postgres_cluster, name)
-
-
-async def _tenant(db: Database) -> uuid.UUID:
-    tenant_id = uuid.uuid4()
-    async with db.write() as session:
-        session.add(Tenant(id=tenant_id, name="t", created_at=NOW))
-    return tenant_id
 
 
 async def test_a_transactions_events_reach_a_listener_intact_and_in_order(db):
-    tenant_id = await _tenant(db)
+    tenant_id = await new_tenant(db, NOW)
     datas = [{"prompt": text, "i": i} for i, text in enumerate(HOSTILE)]
     too_big = {"prompt": "x" * NOTIFY_PAYLOAD_LIMIT}  # goes by sequence number only
     conninfo = db.engine.url.set(drivername="postgresql").render_as_string(False)

@@ -11,9 +11,9 @@ import httpx
 from service.db import Database, create_engine
 from service.events import record_event
 from service.hub import CLOSED, RESYNC, Hub, StreamEvent
-from service.models import Tenant
 from service.settings import Settings
 from service.signals import Signals
+from tests.support.rows import new_tenant
 from tests.support.sse import open_stream
 from tests.support.stack import running_emulator, running_stack
 
@@ -180,9 +180,7 @@ async def test_on_sqlite_a_workers_events_reach_the_streams_before_this_process_
     serve, worker = Database(create_engine(settings)), Database(create_engine(settings))
     signals = Signals(postgres=False)
     hub = Hub(serve, signals)
-    tenant = uuid.uuid4()
-    async with serve.write() as session:
-        session.add(Tenant(id=tenant, name="t", created_at=NOW))
+    tenant = await new_tenant(serve, NOW)
     await hub.publish_new_rows()  # the cursor starts after what is there
     try:
         with hub.listen(tenant) as listener:
