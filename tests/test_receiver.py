@@ -154,3 +154,29 @@ async def test_a_webhook_for_another_task_changes_nothing(stack):
         assert "task-2" in response.json()["detail"]
     assert await snapshot(stack.services.db) == before
     assert (await stack.post_webhook(job_id, ready_body("task-1"))).status_code == 200
+
+
+async def test_the_webhook_route_answers_as_the_route_table_does_around_its_fast_path(stack):
+    """`POST /webhooks/bfl/{token}` skips Starlette's router (`app.ReceiverFirst`); what a
+    client sees is the same: the request id, the error's shape, and the router's answers
+    for another method or another shape of the path."""
+    job_id = await _queued_job(stack)
+    url, secret = stack.webhook(job_id)
+    progress = {"task_id": "task-1", "status": "processing", "progress": 10}
+    echoed = {"x-webhook-secret": secret, "x-request-id": "bfl-delivery-42"}
+    accepted = await _post(url, progress, echoed)
+    assert accepted.json() == {"status": "applied"}
+    assert accepted.headers["x-request-id"] == "bfl-delivery-42"
+    refused = await _post(url, progress, {"x-webhook-secret": "nope"})
+    assert (refused.status_code, refused.json()) == (
+        401,
+        {"detail": "X-Webhook-Secret does not match"},
+    )
+    assert refused.headers["content-type"] == "application/json"
+    assert len(refused.headers["x-request-id"]) == 32
+    async with httpx.AsyncClient() as http:
+        other_method = await http.get(url, headers={"x-webhook-secret": secret})
+        assert (other_method.status_code, other_method.headers["allow"]) == (405, "POST")
+        for path in ("/webhooks/bfl/", url.removeprefix(stack.url) + "/more"):
+            response = await http.post(stack.url + path, json=progress)
+            assert (response.status_code, response.json()) == (404, {"detail": "Not Found"})
