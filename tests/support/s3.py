@@ -1,5 +1,6 @@
 """A real S3-compatible server for the tests: moto's server mode, on loopback."""
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class S3Server:
 
 
 def start_s3_server() -> tuple[ThreadedMotoServer, S3Server]:
+    # Werkzeug, under moto's server, prints a line per request to stderr unless its logger
+    # has a level (`make bench`'s storage row printed thousands); its errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
