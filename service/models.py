@@ -17,7 +17,13 @@ SQLModel.metadata.naming_convention = {
 
 
 class UTCDateTime(sa.TypeDecorator):
-    """Aware UTC datetimes on every engine (SQLite keeps no zone: store UTC, read back aware)."""
+    """Aware UTC datetimes on every engine (SQLite keeps no zone: store UTC, read back aware).
+
+    On SQLite a value is written and read in one step each, as the text SQLAlchemy's DATETIME
+    stores (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC): `isoformat` writes it and `fromisoformat`
+    reads it, both in C. The decorator's step followed by the dialect's (a `%` format of seven
+    fields) cost twice as much, on every timestamp of every statement (bench/README.md,
+    twelfth pass)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -33,6 +39,27 @@ class UTCDateTime(sa.TypeDecorator):
         if value is None or value.tzinfo is not None:
             return value
         return value.replace(tzinfo=UTC)
+
+    def bind_processor(self, dialect):
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return _sqlite_text
+
+    def result_processor(self, dialect, coltype):
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        return _from_sqlite_text
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    assert value.tzinfo is not None, "naive datetime reached the database"
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _from_sqlite_text(value: str | None, _parse=datetime.fromisoformat) -> datetime | None:
+    return None if value is None else _parse(value).replace(tzinfo=UTC)
 
 
 def _time(nullable: bool = True, index: bool = False) -> Any:
