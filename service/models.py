@@ -101,7 +101,7 @@ class Job(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id")
     model: str = Field(max_length=64)
-    status: str = Field(max_length=32, index=True)
+    status: str = Field(max_length=32)  # looked up through ix_jobs_queue, which leads with it
     inputs: dict = _json(nullable=False)
     slot_class: str = Field(max_length=32)
     holds_slot: bool = Field(default=False, index=True)
