@@ -222,14 +222,14 @@ async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
     """On psycopg's own connection, as SQLAlchemy's adapter does (psycopg has its own lock,
     and opens the transaction at the first statement, as for every statement of a session)."""
     async with connection.cursor() as cursor:
-        if many and len(parameters) == 1:
+        if many:
             # psycopg's executemany enters and leaves pipeline mode each call: for one row,
             # ≈ 110 µs more CPU than execute (bench/README.md, twelfth pass). A group commit
             # that carries one job's change (a light load) writes one row of each statement.
-            await cursor.execute(plan.sql, parameters[0])
-            return None
-        if many:
-            await cursor.executemany(plan.sql, parameters)
+            if len(parameters) == 1:
+                await cursor.execute(plan.sql, parameters[0])
+            else:
+                await cursor.executemany(plan.sql, parameters)
             return None
         await cursor.execute(plan.sql, parameters)
         if not plan.returns_rows:

@@ -29,11 +29,9 @@ class UTCDateTime(sa.TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert value.tzinfo is not None, "naive datetime reached the database"
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        """Every engine but SQLite (whose `bind_processor` is below); SQLite's literal
+        rendering formats the UTC value's fields, so it needs no zone stripped either."""
+        return None if value is None else _in_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None or value.tzinfo is not None:
@@ -51,11 +49,15 @@ class UTCDateTime(sa.TypeDecorator):
         return _from_sqlite_text
 
 
+def _in_utc(value: datetime) -> datetime:
+    assert value.tzinfo is not None, "naive datetime reached the database"
+    return value.astimezone(UTC)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    assert value.tzinfo is not None, "naive datetime reached the database"
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return _in_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _from_sqlite_text(value: str | None, _parse=datetime.fromisoformat) -> datetime | None:
