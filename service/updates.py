@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from service import jobs
 from service.events import record_job_event
 from service.images import FetchTask
-from service.loops.admission import jobs_wait_for_slots
+from service.loops.admission import wake_if_jobs_wait
 from service.models import Job
 from service.signals import Signals
 from service.views import Urls
@@ -61,9 +61,8 @@ async def _finish_upstream(
     if update.cost is not None:
         job.cost = update.cost
     job.finished_at = now
+    wake_if_jobs_wait(session, signals, now)  # the freed slot may have takers
     wakes = []
-    if await jobs_wait_for_slots(session, now):
-        wakes.append("admission")  # the freed slot has takers (new jobs wake it themselves)
     if job.status == jobs.READY:
         job.sample_url = update.result["sample"]
         job.result = {k: v for k, v in update.result.items() if k != "sample"}

@@ -17,24 +17,43 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct, jobs
+from service.db import before_commit
 from service.models import Job, Tenant, UsageDay
 
 USAGE = UsageDay.__table__
+STAGED = "fluxhook.staged_usage"  # session.info: (tenant, day, model, status) → (jobs, cost)
 
 
 async def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:
-    """Inside the transaction that records `event_type` (a terminal event) for `job`."""
+    """Inside the transaction that records `event_type` (a terminal event) for `job`. The
+    counts are added up per row and written just before the transaction commits: jobs that
+    finish together (a group commit's webhooks) cost one statement per row, not one each."""
     cost = job.cost or 0.0
     if event_type == jobs.EVENT_FAILED and job.upstream_ready_at is not None:
         ready_day = job.upstream_ready_at.date()
-        await _add(session, job.tenant_id, ready_day, job.model, jobs.READY, -1, -cost)
-    await _add(session, job.tenant_id, now.date(), job.model, job.status, 1, cost)
+        _add(session, (job.tenant_id, ready_day, job.model, jobs.READY), -1, -cost)
+    _add(session, (job.tenant_id, now.date(), job.model, job.status), 1, cost)
 
 
-async def _add(session, tenant_id, day: date, model: str, status: str, count: int, cost: float):
-    row = {"tenant_id": tenant_id, "day": day, "model": model, "status": status,
-           "jobs": count, "cost": cost}  # fmt: skip
-    await direct.execute(session, _upsert(direct.dialect_of(session).name), row)
+def _add(session, key: tuple[uuid.UUID, date, str, str], count: int, cost: float) -> None:
+    """Stage `count` jobs and `cost` for the (tenant, day, model, status) row `key`."""
+    staged = session.info.get(STAGED)
+    if staged is None:
+        staged = session.info[STAGED] = {}
+        before_commit(session, STAGED, lambda: _write(session))
+    jobs_so_far, cost_so_far = staged.get(key, (0, 0.0))
+    staged[key] = (jobs_so_far + count, cost_so_far + cost)
+
+
+async def _write(session) -> None:
+    columns = ("tenant_id", "day", "model", "status", "jobs", "cost")
+    rows = [
+        dict(zip(columns, (*key, count, cost), strict=True))
+        for key, (count, cost) in session.info.pop(STAGED).items()
+        if count or cost  # a Ready that failed in the same transaction nets to nothing
+    ]
+    if rows:
+        await direct.execute_many(session, _upsert(direct.dialect_of(session).name), rows)
 
 
 @functools.cache

@@ -101,6 +101,22 @@ async def test_a_lost_webhook_frees_its_slot_at_the_early_check_while_jobs_wait(
         assert (await driven.row(second)).status == jobs.PENDING
 
 
+async def test_a_webhook_that_frees_a_slot_wakes_admission_only_while_jobs_wait(database_url):
+    async with one_slot(database_url) as driven:
+        first = await driven.submit_and_admit()
+        second = await driven.submit_and_admit()
+        await driven.woken("admission")  # the submits' own wake-ups, cleared
+        failed = {"id": (await driven.row(first)).bfl_id, "status": "Error", "details": {}}
+        assert (await driven.stack.post_webhook(str(first), failed)).status_code == 200
+        assert await driven.woken("admission"), "the freed slot has a taker"
+        await driven.admission.run_until_idle()
+        assert (await driven.row(second)).status == jobs.PENDING
+        await driven.woken("admission")
+        failed["id"] = (await driven.row(second)).bfl_id
+        assert (await driven.stack.post_webhook(str(second), failed)).status_code == 200
+        assert not await driven.woken("admission"), "nobody waits: admission sleeps on"
+
+
 async def test_with_no_queue_a_lost_webhook_is_asked_only_once_overdue(database_url):
     async with one_slot(database_url) as driven:
         job = await driven.submit_and_admit()

@@ -4,15 +4,21 @@ that later fails once, and never shows another tenant's."""
 import os
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import anyio
 import httpx
 from sqlmodel import select
 
+from service import jobs
 from service.clock import FakeClock
+from service.db import Database, create_engine
 from service.models import Job, Tenant
 from service.retention import prune
+from service.settings import Settings
+from service.usage import count_final, usage
+from tests.support.rows import new_tenant
 from tests.support.stack import running_emulator, running_stack
 
 FAST = {"time_scale": 0.01}
@@ -111,3 +117,36 @@ async def _tenant_name(stack, job_id: str) -> str:
     async with stack.services.db.read() as session:
         job = await session.get(Job, uuid.UUID(job_id))
         return (await session.get(Tenant, job.tenant_id)).name
+
+
+async def test_jobs_finished_in_one_transaction_are_each_counted_once(database_url):
+    """A group commit's finished jobs share one row per (tenant, day, model, status), written
+    once before the commit, on both engines and both kinds of write transaction."""
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": database_url})))
+    try:
+        now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+        tenant_id = await new_tenant(db, now)
+
+        def finished(status: str, cost: float, ready_at=None) -> SimpleNamespace:
+            return SimpleNamespace(tenant_id=tenant_id, model="flux-dev", status=status,
+                                   cost=cost, upstream_ready_at=ready_at)  # fmt: skip
+
+        async with db.write() as session:
+            for cost in (1.0, 2.0, 3.0):
+                await count_final(session, finished(jobs.READY, cost), jobs.EVENT_READY, now)
+        async with db.write_direct() as transaction:
+            await count_final(transaction, finished(jobs.READY, 4.0), jobs.EVENT_READY, now)
+            late = finished(jobs.ERROR, 4.0, ready_at=now)  # its image never came
+            await count_final(transaction, late, jobs.EVENT_FAILED, now)
+            yesterday = finished(jobs.ERROR, 0.5, ready_at=now - timedelta(days=1))
+            await count_final(transaction, yesterday, jobs.EVENT_FAILED, now)
+        async with db.read() as session:
+            rows = await usage(session, now.date() - timedelta(days=1), now.date(), tenant_id)
+        counted = {(row.day, row.status): (row.jobs, row.cost) for row in rows}
+        assert counted == {
+            (now.date() - timedelta(days=1), jobs.READY): (-1, -0.5),
+            (now.date(), jobs.READY): (3, 6.0),
+            (now.date(), jobs.ERROR): (2, 4.5),
+        }
+    finally:
+        await db.dispose()

@@ -31,7 +31,7 @@ from sqlmodel import select
 from service import bfl as upstream
 from service import catalog, direct, jobs, logs
 from service.batching import GroupCommit
-from service.db import Database
+from service.db import Database, before_commit
 from service.events import record_job_event
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
@@ -59,6 +59,8 @@ UNKNOWN_LATENCY_S = 30.0  # a model the catalog does not know: assume a slow one
 # 4 s, the slots keep up only while a lost webhook's slot comes back within ~6 s of submit.
 EARLY_CHECK_SLACK_S = 2.0
 RECONCILER = "reconciler"  # the loop woken when jobs start waiting for slots
+ADMISSION = "admission"
+WAKE_IF_WAITING = "fluxhook.wake_admission_if_jobs_wait"  # a before-commit hook
 FAIR, FIFO = "fair", "fifo"  # ADMISSION_ORDER: round-robin across tenants, or oldest first
 
 
@@ -110,6 +112,18 @@ SLOTS_HELD = (
 async def jobs_wait_for_slots(session, now: datetime) -> bool:
     """Whether Queued jobs are due for admission and hold no slot (the admission queue)."""
     return bool(await direct.fetch(session, WAITING_FOR_SLOTS, {"now": now}))
+
+
+def wake_if_jobs_wait(session, signals: Signals, now: datetime) -> None:
+    """A slot was freed in this transaction. Just before it commits, once however many were
+    freed (a group commit's webhooks), look whether jobs wait for a slot; if so, admission is
+    woken on commit. (New jobs wake it themselves.)"""
+
+    async def look() -> None:
+        if await jobs_wait_for_slots(session, now):
+            await signals.after_commit(session, ADMISSION)
+
+    before_commit(session, WAKE_IF_WAITING, look)
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,7 +181,7 @@ def admission_query(*, order: str, kontext_allowed: bool, per_tenant: int | None
 
 
 class Admission(Loop):
-    name = "admission"
+    name = ADMISSION
     interval_s = 1.0
 
     def __init__(
@@ -328,8 +342,7 @@ class Admission(Loop):
         )
         if retry and now - job.created_at < GIVE_UP_AFTER:
             self._requeue(job, exc, now)
-            if await jobs_wait_for_slots(session, now):
-                await self.signals.after_commit(session, self.name)  # its slot has takers
+            wake_if_jobs_wait(session, self.signals, now)  # its slot has takers
             return
         await self._fail(session, job, _reason(exc), now)
 
