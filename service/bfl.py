@@ -145,8 +145,8 @@ class BFLClient:
     def may_carry_key(self, url: str) -> bool:
         """Whether BFL_API_KEY may be sent to `url` (DESIGN §4, outbound policy)."""
         try:
-            parsed = httpx.URL(url)
-            host, port = origin(url)
+            parsed = outbound.parsed_url(url)  # BFL's endpoints recur: parsed once each
+            host, port = origin(parsed)
         except Exception:  # InvalidURL, idna's errors, a scheme with no default port
             return False
         if (host, port) in self._key_origins:

@@ -32,9 +32,10 @@ class TargetRefused(httpcore.ConnectError):
     """The address is one fluxhook may not call."""
 
 
-def origin(url: str) -> Origin:
-    """(host, port) of an absolute http(s) URL, as the network backend is asked for it."""
-    parsed = httpx.URL(url)
+def origin(url: str | httpx.URL) -> Origin:
+    """(host, port) of an absolute http(s) URL (or one httpx has parsed), as the network
+    backend is asked for it."""
+    parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
     return parsed.raw_host.decode("ascii").lower(), parsed.port or DEFAULT_PORTS[parsed.scheme]
 
 

@@ -25,7 +25,7 @@ Trace = Callable[[str, dict], Awaitable[None]]
 
 
 @functools.lru_cache(maxsize=1024)
-def _parsed(url: str) -> httpx.URL:
+def parsed_url(url: str) -> httpx.URL:
     """A URL parsed once (httpx's parser is ≈ 60 µs a URL; most recur: BFL's endpoints, each
     subscriber's). httpx.URL is immutable."""
     return httpx.URL(url)
@@ -45,7 +45,7 @@ def _request(
     if trace is not None:
         extensions["trace"] = trace
     request = httpx.Request(
-        method, _parsed(url), headers=headers, content=content, json=json, extensions=extensions
+        method, parsed_url(url), headers=headers, content=content, json=json, extensions=extensions
     )
     request.headers.setdefault("user-agent", USER_AGENT)
     return request
