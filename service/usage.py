@@ -47,9 +47,9 @@ def _add(session, key: tuple[uuid.UUID, date, str, str], count: int, cost: float
 
 async def _write(session) -> None:
     columns = ("tenant_id", "day", "model", "status", "jobs", "cost")
-    rows = [
+    rows = [  # in key order: concurrent transactions lock the rows they share in one order
         dict(zip(columns, (*key, count, cost), strict=True))
-        for key, (count, cost) in session.info.pop(STAGED).items()
+        for key, (count, cost) in sorted(session.info.pop(STAGED).items())
         if count or cost  # a Ready that failed in the same transaction nets to nothing
     ]
     if rows:
