@@ -69,15 +69,16 @@ async def _until_stored(stack: Stack, job_ids: list[str]) -> None:
     against the halves that followed (1.1–1.2 a job for the 10 s model, thirteenth pass)."""
     deadline = time.monotonic() + DRAIN_S
     waiting = set(job_ids)
-    while waiting:
-        for job_id in sorted(waiting):
+    while True:
+        for job_id in list(waiting):
             job = (await stack.http.get(f"/v1/jobs/{job_id}")).raise_for_status().json()
             if job["image_stored"]:
                 waiting.discard(job_id)
-        if waiting and time.monotonic() > deadline:
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
             raise RuntimeError(f"{len(waiting)} images not stored after {DRAIN_S} s")
-        if waiting:
-            await asyncio.sleep(STORED_POLL_S)  # the bench's own check, not a test's wait
+        await asyncio.sleep(STORED_POLL_S)  # the bench's own check, not a test's wait
 
 
 async def _polling_calls(stack: Stack, plan: Plan) -> float:

@@ -117,7 +117,7 @@ async def record_job_event(
     """An event about a job; its data is the job as `GET /v1/jobs/{id}` shows it now. A
     terminal event also counts the job in its tenant's usage, in the same transaction."""
     if event_type in TERMINAL_EVENTS:
-        await count_final(session, job, event_type, now)
+        count_final(session, job, event_type, now)
     return await record_event(
         session,
         signals,

@@ -24,7 +24,7 @@ USAGE = UsageDay.__table__
 STAGED = "fluxhook.staged_usage"  # session.info: (tenant, day, model, status) → (jobs, cost)
 
 
-async def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:
+def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:
     """Inside the transaction that records `event_type` (a terminal event) for `job`. The
     counts are added up per row and written just before the transaction commits: jobs that
     finish together (a group commit's webhooks) cost one statement per row, not one each."""
@@ -37,10 +37,8 @@ async def count_final(session: AsyncSession, job: Job, event_type: str, now: dat
 
 def _add(session, key: tuple[uuid.UUID, date, str, str], count: int, cost: float) -> None:
     """Stage `count` jobs and `cost` for the (tenant, day, model, status) row `key`."""
-    staged = session.info.get(STAGED)
-    if staged is None:
-        staged = session.info[STAGED] = {}
-        before_commit(session, STAGED, lambda: _write(session))
+    staged = session.info.setdefault(STAGED, {})
+    before_commit(session, STAGED, lambda: _write(session))  # once: a second is ignored
     jobs_so_far, cost_so_far = staged.get(key, (0, 0.0))
     staged[key] = (jobs_so_far + count, cost_so_far + cost)
 

@@ -133,13 +133,13 @@ async def test_jobs_finished_in_one_transaction_are_each_counted_once(database_u
 
         async with db.write() as session:
             for cost in (1.0, 2.0, 3.0):
-                await count_final(session, finished(jobs.READY, cost), jobs.EVENT_READY, now)
+                count_final(session, finished(jobs.READY, cost), jobs.EVENT_READY, now)
         async with db.write_direct() as transaction:
-            await count_final(transaction, finished(jobs.READY, 4.0), jobs.EVENT_READY, now)
+            count_final(transaction, finished(jobs.READY, 4.0), jobs.EVENT_READY, now)
             late = finished(jobs.ERROR, 4.0, ready_at=now)  # its image never came
-            await count_final(transaction, late, jobs.EVENT_FAILED, now)
+            count_final(transaction, late, jobs.EVENT_FAILED, now)
             yesterday = finished(jobs.ERROR, 0.5, ready_at=now - timedelta(days=1))
-            await count_final(transaction, yesterday, jobs.EVENT_FAILED, now)
+            count_final(transaction, yesterday, jobs.EVENT_FAILED, now)
         async with db.read() as session:
             rows = await usage(session, now.date() - timedelta(days=1), now.date(), tenant_id)
         counted = {(row.day, row.status): (row.jobs, row.cost) for row in rows}
