@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 30
 AFTER_COMMIT = "fluxhook.after_commit"
 BEFORE_COMMIT = "fluxhook.before_commit"
+# The before-commit hooks (`before_commit`), in the order they run, whatever order a
+# transaction staged them in. Each takes locks it holds to the commit: the usage rows the
+# transaction adds to, then its tenants' event locks. Run in the order staged, a group commit
+# that recorded a job's progress before another job's finish took them the other way round
+# from one that recorded a finish first, and two processes' group commits deadlocked on
+# PostgreSQL (one aborted after `deadlock_timeout`: a webhook answered 500, BFL retried).
+STAGED_USAGE = "fluxhook.staged_usage"
+STAGED_EVENTS = "fluxhook.staged_events"
+ADMISSION_WAKE = "fluxhook.wake_admission_if_jobs_wait"
+BEFORE_COMMIT_ORDER = (STAGED_USAGE, STAGED_EVENTS, ADMISSION_WAKE)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -67,8 +77,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 async def _before_commit(transaction) -> None:
-    for hook in transaction.info.pop(BEFORE_COMMIT, {}).values():
-        await hook()
+    """A session's pending ORM rows are written first (events point at them, and their row
+    locks come before the hooks' locks), then the hooks, in `BEFORE_COMMIT_ORDER`."""
+    hooks = transaction.info.pop(BEFORE_COMMIT, {})
+    if not hooks:
+        return
+    await direct.flush(transaction)
+    for name in BEFORE_COMMIT_ORDER:
+        if (hook := hooks.get(name)) is not None:
+            await hook()
 
 
 def _after_commit(transaction) -> list:
@@ -95,7 +112,9 @@ def _configure_connection(dbapi_connection) -> None:
 
 
 def before_commit(session: AsyncSession, name: str, hook: Callable[[], Awaitable[None]]) -> None:
-    """Run `await hook()` once, last thing inside the transaction (a second `name` is ignored)."""
+    """Run `await hook()` once, last thing inside the transaction (a second `name` is ignored);
+    `name` is one of `BEFORE_COMMIT_ORDER`, which says when it runs."""
+    assert name in BEFORE_COMMIT_ORDER, name
     session.info.setdefault(BEFORE_COMMIT, {}).setdefault(name, hook)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
+from service.db import STAGED_EVENTS as STAGED
 from service.db import before_commit, on_commit
 from service.jobs import TERMINAL_EVENTS
 from service.models import Delivery, JobEvent, Subscription
@@ -30,7 +31,6 @@ EVENTS_CHANNEL = "fluxhook_events"
 PING = "ping"
 # PostgreSQL's NOTIFY payload limit is 8000 bytes; bigger events go by sequence number only.
 NOTIFY_PAYLOAD_LIMIT = 7900
-STAGED = "fluxhook.staged_events"
 # One round trip for all of a transaction's notifications, sent (and delivered) in order.
 # The payloads go as one JSON array, a single text parameter: as a text[] parameter, psycopg
 # escaped every quote of every payload in Python (13 % of the serve process's samples at
@@ -137,7 +137,6 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
         # commit in sequence order, which lets an SSE client resume from one Last-Event-ID.
         for tenant_id in sorted({event.tenant_id for event in events}):
             await direct.pg_xact_lock(session, tenant_lock_key(tenant_id))
-    await direct.flush(session)  # the ORM's pending rows first: events point at them
     await _insert_events(session, events)
     if not postgres:  # to this process's streams, on commit: first, their chunk is the cheaper
         for event in events:

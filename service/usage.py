@@ -17,11 +17,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct, jobs
+from service.db import STAGED_USAGE as STAGED
 from service.db import before_commit
 from service.models import Job, Tenant, UsageDay
 
 USAGE = UsageDay.__table__
-STAGED = "fluxhook.staged_usage"  # session.info: (tenant, day, model, status) → (jobs, cost)
 
 
 def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:

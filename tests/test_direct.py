@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service import direct
-from service.db import Database, before_commit, create_engine, on_commit
+from service.db import BEFORE_COMMIT_ORDER, Database, before_commit, create_engine, on_commit
 from service.models import IdempotencyKey, Image, Job, Subscription
 from service.records import JOBS, new_row
 from service.settings import Settings
@@ -118,18 +118,27 @@ async def _stored(db: Database, job: Job) -> bool:
 
 
 async def test_a_driver_transaction_commits_and_runs_its_hooks_in_order(db):
+    """Before-commit hooks run in `BEFORE_COMMIT_ORDER` whatever order they were staged in
+    (their locks are then taken in one order: tests/test_lock_order.py), then the commit,
+    then the after-commit callbacks."""
     job, seen = _job(await new_tenant(db, NOW)), []
 
-    async def before() -> None:
-        visible = await direct.fetch(tx, BY_ID, {"id": job.id}) != []
-        seen.append(("before commit, the row is visible inside", visible))
+    def before(name: str):
+        async def hook() -> None:
+            visible = await direct.fetch(tx, BY_ID, {"id": job.id}) != []
+            seen.append((name, "before commit, the row is visible inside", visible))
+
+        return hook
 
     async with db.write_direct() as tx:
         await direct.execute(tx, INSERT_JOB, _row(job))
-        before_commit(tx, "check", before)
+        for name in reversed(BEFORE_COMMIT_ORDER):
+            before_commit(tx, name, before(name))
         on_commit(tx, lambda: seen.append(("after commit", "stored")))
         assert seen == []
-    assert seen == [("before commit, the row is visible inside", True), ("after commit", "stored")]
+    inside = [(name, "before commit, the row is visible inside", True)
+              for name in BEFORE_COMMIT_ORDER]  # fmt: skip
+    assert seen == [*inside, ("after commit", "stored")]
     assert await _stored(db, job)
 
 

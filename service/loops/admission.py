@@ -31,7 +31,7 @@ from sqlmodel import select
 from service import bfl as upstream
 from service import catalog, direct, jobs, logs
 from service.batching import GroupCommit
-from service.db import Database, before_commit
+from service.db import ADMISSION_WAKE, Database, before_commit
 from service.events import record_job_event
 from service.loops.base import Loop, failure_reason
 from service.metrics import Metrics
@@ -60,7 +60,6 @@ UNKNOWN_LATENCY_S = 30.0  # a model the catalog does not know: assume a slow one
 EARLY_CHECK_SLACK_S = 2.0
 RECONCILER = "reconciler"  # the loop woken when jobs start waiting for slots
 ADMISSION = "admission"
-WAKE_IF_WAITING = "fluxhook.wake_admission_if_jobs_wait"  # a before-commit hook
 FAIR, FIFO = "fair", "fifo"  # ADMISSION_ORDER: round-robin across tenants, or oldest first
 
 
@@ -123,7 +122,7 @@ def wake_if_jobs_wait(session, signals: Signals, now: datetime) -> None:
         if await jobs_wait_for_slots(session, now):
             await signals.after_commit(session, ADMISSION)
 
-    before_commit(session, WAKE_IF_WAITING, look)
+    before_commit(session, ADMISSION_WAKE, look)
 
 
 @functools.lru_cache(maxsize=16)
