@@ -146,7 +146,7 @@ def shape(smoke: bool) -> report.Shape:
 
 
 def render(meta: dict, results: dict, smoke: bool) -> tuple[str, dict]:
-    text, summary = report.table(report.rows(shape(smoke)), results)
+    text, summary = report.table(report.rows(shape(smoke)), report.with_derived(results))
     head = [
         f"fluxhook bench ({meta['mode']}, {meta['runs']} run(s) each; median [min–max])",
         f"machine: {meta['machine_line']}",

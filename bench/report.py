@@ -28,7 +28,7 @@ class Row:
     label: str
     source: str  # measurement name
     metric: str  # figure name within it
-    unit: str  # "ms", "/s", "x", "%", "MB", "calls"
+    unit: str  # "ms", "/s", "x", "%", "+%" (a change), "MB", "calls"
     target: Target | None = None
     also: str | None = None  # a second figure shown beside the first (RSS: end beside peak)
 
@@ -260,7 +260,28 @@ def _scale_rows() -> list[Row]:
         ]
     out.append(Row("N=2: busiest serve process's share of their CPU", "scale_pg_2",
                    "busiest_serve_share", "%"))  # fmt: skip
+    out.append(Row("N=2 against N=1: CPU per job grows by", SCALE_GROWTH, "cpu_growth", "+%",
+                   at_most(0.10)))  # fmt: skip
     return out
+
+
+SCALE_GROWTH = "scale_growth"
+
+
+def with_derived(results: dict) -> dict:
+    """`results` and the figures made of two measurements' runs: how much the CPU per job
+    grows with the second serve process, run by run (each run measures N=1, then N=2)."""
+    one, two = results.get("scale_pg_1"), results.get("scale_pg_2")
+    if SKIPPED in (one, two):
+        return {**results, SCALE_GROWTH: SKIPPED}
+    if not one or not two:
+        return results
+    growth = [
+        {"cpu_growth": b["cpu_ms_per_job"] / a["cpu_ms_per_job"] - 1}
+        for a, b in zip(one, two, strict=False)
+        if "error" not in a and "error" not in b
+    ]
+    return {**results, SCALE_GROWTH: growth}
 
 
 def _economy_rows(latencies: tuple[float, ...]) -> list[Row]:
@@ -282,6 +303,8 @@ def fmt(value: float, unit: str) -> str:
         return "∞"
     if unit == "%":
         return f"{value * 100:.0f}%"
+    if unit == "+%":  # a change, signed, to a tenth of a point
+        return f"{value * 100:+.1f}%"
     if unit == "pct":  # already a percentage
         return f"{value:.0f}%"
     if unit == "x":
@@ -296,7 +319,7 @@ def fmt(value: float, unit: str) -> str:
 
 
 def _unit(unit: str) -> str:
-    return {"%": "", "pct": "", "x": "", "calls": ""}.get(unit, " " + unit)
+    return {"%": "", "+%": "", "pct": "", "x": "", "calls": ""}.get(unit, " " + unit)
 
 
 def _cell(values: list[float], unit: str) -> str:
