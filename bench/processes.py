@@ -63,6 +63,17 @@ class Process:
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{self.name} did not answer {path} in {START_TIMEOUT_S} s")
 
+    async def wait_logged(self, line: str) -> None:
+        """Until the process has written `line` to its log (one that serves no HTTP)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {self.log}")
+            if line in self.log.read_text(errors="replace"):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not log {line!r} in {START_TIMEOUT_S} s")
+
     async def stop(self) -> None:
         """SIGTERM (what a PaaS sends), then SIGKILL if it has not exited in time."""
         if self.popen.poll() is None:

@@ -33,6 +33,8 @@ from bench.stats import latency_ms
 
 DRAIN_S = 30.0  # after the last submit; a job not done by then counts as never done
 START_S = 60.0  # for every serve process to be up
+SETTLE_S, IDLE_SHARE = 0.25, 0.05  # idle: under 5 % of a core over a quarter of a second
+WORKER_RUNNING = "fluxhook worker running"  # what `fluxhook worker` prints once it runs
 
 
 # A rate that one serve process and the worker keep up with on this two-core box in its slow
@@ -107,13 +109,16 @@ async def running_scaled(
         worker = start_worker(worker_env, workdir)
         submits = wire.Pool(serve.url, SUBMIT_POOL)
         try:
+            # Its start-up (imports, the schema check, the pool) is not the jobs' CPU.
+            await worker.wait_logged(WORKER_RUNNING)
             serving = await _serving(serve.pid, processes)
+            pids = sorted({serve.pid, *serving, worker.pid})
+            await _until_settled(pids)
             async with httpx.AsyncClient(
                 base_url=serve.url, headers={"x-key": key}, timeout=30.0
             ) as http:
                 meter = ProcessMeter(serve.pid)  # the stack's shape; its figures go unused
                 stack = Stack(serve.url, key, emulator, serve, meter, http, submits, meter)
-                pids = sorted({serve.pid, *serving, worker.pid})
                 yield Scaled(stack, pids, serving)
         finally:
             submits.close()
@@ -122,8 +127,7 @@ async def running_scaled(
 
 
 def start_worker(env: dict, workdir: Path) -> Process:
-    """`fluxhook worker`: it serves no HTTP, so there is nothing to wait for (submits wait in
-    the database until some process admits them)."""
+    """`fluxhook worker`: it serves no HTTP; it says when it runs (`WORKER_RUNNING`)."""
     log = workdir / "worker.log"
     return Process("worker", spawn(["-m", "service", "worker"], env, log), "", log)
 
@@ -139,6 +143,20 @@ async def _serving(pid: int, processes: int) -> list[int]:
             return found
         await asyncio.sleep(0.05)
     raise RuntimeError(f"fluxhook serve did not start {processes} processes in {START_S} s")
+
+
+async def _until_settled(pids: list[int]) -> None:
+    """Until every process is idle (start-up done: a supervised serve process announces
+    nothing), so that no process's start-up counts as the jobs' CPU."""
+    deadline = time.monotonic() + START_S
+    last = {pid: cpu_seconds(pid) for pid in pids}
+    while time.monotonic() < deadline:
+        await asyncio.sleep(SETTLE_S)  # sampling the processes' CPU, not waiting for an event
+        now = {pid: cpu_seconds(pid) for pid in pids}
+        if all(now[pid] - last[pid] < SETTLE_S * IDLE_SHARE for pid in pids):
+            return
+        last = now
+    raise RuntimeError(f"the fluxhook processes were still busy {START_S} s after starting")
 
 
 def _children(pid: int) -> list[int]:
