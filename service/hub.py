@@ -227,7 +227,7 @@ class PostgresFollower:
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
-            self._signals.wake(payload)
+            self._signals.woken_from_elsewhere(payload)
             return
         if not self._hub.streaming:
             return  # no stream here: every process hears every event, most have nobody

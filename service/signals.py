@@ -2,10 +2,14 @@
 
 A commit that gives a loop work wakes it at once instead of at its next poll. In-process the
 wake is an event; on PostgreSQL a NOTIFY in the same transaction also wakes the loops of every
-other process (the hub's listener turns it back into a local wake).
+other process (the hub's listener turns it back into a local wake). The NOTIFY names the
+process that sent it, which ignores its own: its loop was woken at the commit already, and a
+second wake made a second claim that found nothing (the submit path on PostgreSQL: 1.64
+admission claims a job).
 """
 
 import asyncio
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -22,6 +26,7 @@ WAKE_ALL = sa.select(func.pg_notify(WAKE_CHANNEL, sa.bindparam("name", type_=sa.
 class Signals:
     def __init__(self, postgres: bool) -> None:
         self._postgres = postgres
+        self.origin = uuid.uuid4().hex  # this process, in the wake NOTIFYs it sends
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         # Without NOTIFY (SQLite), committed events go straight to the in-process hub.
         self.event_committed: Callable[[object], None] | None = None
@@ -31,6 +36,13 @@ class Signals:
 
     def wake(self, name: str) -> None:
         self._events[name].set()
+
+    def woken_from_elsewhere(self, payload: str) -> None:
+        """A wake NOTIFY (`name@origin`, or a bare `name` from a process that predates the
+        origin): wake `name` here, unless this process sent it."""
+        name, _, origin = payload.partition("@")
+        if origin != self.origin:
+            self.wake(name)
 
     async def wait(self, name: str, timeout_s: float) -> bool:
         """Wait for a wake-up or the timeout; True if woken. Clears the wake-up."""
@@ -55,4 +67,4 @@ class Signals:
         for name in names:
             on_commit(session, lambda name=name: self.wake(name))
             if self._postgres:
-                await direct.execute(session, WAKE_ALL, {"name": name})
+                await direct.execute(session, WAKE_ALL, {"name": f"{name}@{self.origin}"})

@@ -10,7 +10,7 @@ import pytest
 from service.db import Database, create_engine
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
 from service.settings import Settings
-from service.signals import Signals
+from service.signals import WAKE_CHANNEL, Signals
 from tests.support.rows import new_tenant
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
@@ -55,3 +55,23 @@ async def test_a_transactions_events_reach_a_listener_intact_and_in_order(db):
     assert list(received[-1]) == ["seq"]
     seqs = [row["seq"] for row in received]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_a_wake_notify_wakes_the_other_processes_and_not_the_one_that_sent_it(db):
+    """The sender's loop was woken at its commit; hearing its own NOTIFY again made a second
+    claim that found nothing. A bare name (a process from before the origin) wakes all."""
+    sender, other = Signals(postgres=True), Signals(postgres=True)
+    conninfo = db.engine.url.set(drivername="postgresql").render_as_string(False)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {WAKE_CHANNEL}")
+        async with db.write_direct() as transaction:
+            await sender.after_commit(transaction, "admission")
+        assert await sender.wait("admission", 0.0), "woken at its own commit"
+        notes = listener.notifies(timeout=10.0, stop_after=1)
+        payloads = [note.payload async for note in notes]
+    for heard in (sender, other):
+        heard.woken_from_elsewhere(payloads[0])
+    assert not await sender.wait("admission", 0.0)
+    assert await other.wait("admission", 0.0)
+    sender.woken_from_elsewhere("admission")
+    assert await sender.wait("admission", 0.0)
