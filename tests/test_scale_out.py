@@ -254,6 +254,9 @@ async def test_two_serve_processes_and_a_worker_behave_as_one(pg_url, tmp_path):
     webhooks = [proxy.connections_to(port, b"POST /webhooks/bfl/") for port in ports]
     assert all(webhooks), f"webhooks reached both serve processes: {webhooks}"
     _assert_deliveries(subscriber, deliveries)
+    for process in (*serving, worker):  # no request or loop failed (a deadlock was one)
+        logged = process.log_path.read_text(errors="replace")
+        assert "unhandled error" not in logged and "deadlock" not in logged, logged[-3000:]
 
 
 def _webhooks_reached_both(proxy, ports: list[int]):
