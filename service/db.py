@@ -31,8 +31,8 @@ SQLITE_BUSY_TIMEOUT_S = 30
 AFTER_COMMIT = "fluxhook.after_commit"
 BEFORE_COMMIT = "fluxhook.before_commit"
 # The before-commit hooks (`before_commit`), in the order they run, whatever order a
-# transaction staged them in. Each takes locks it holds to the commit: the usage rows the
-# transaction adds to, then its tenants' event locks. Run in the order staged, a group commit
+# transaction staged them in. The first two take locks they hold to the commit: the usage rows
+# the transaction adds to, then its tenants' event locks. Run in the order staged, a group commit
 # that recorded a job's progress before another job's finish took them the other way round
 # from one that recorded a finish first, and two processes' group commits deadlocked on
 # PostgreSQL (one aborted after `deadlock_timeout`: a webhook answered 500, BFL retried).

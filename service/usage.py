@@ -22,6 +22,7 @@ from service.db import before_commit
 from service.models import Job, Tenant, UsageDay
 
 USAGE = UsageDay.__table__
+# session.info[STAGED]: (tenant, day, model, status) → (jobs, cost), written by one hook.
 
 
 def count_final(session: AsyncSession, job: Job, event_type: str, now: datetime) -> None:
