@@ -22,6 +22,7 @@ from service.db import before_commit
 from service.models import Job, Tenant, UsageDay
 
 USAGE = UsageDay.__table__
+COLUMNS = ("tenant_id", "day", "model", "status", "jobs", "cost")  # the upsert's parameters
 # session.info[STAGED]: (tenant, day, model, status) → (jobs, cost), written by one hook.
 
 
@@ -45,9 +46,8 @@ def _add(session, key: tuple[uuid.UUID, date, str, str], count: int, cost: float
 
 
 async def _write(session) -> None:
-    columns = ("tenant_id", "day", "model", "status", "jobs", "cost")
     rows = [  # in key order: concurrent transactions lock the rows they share in one order
-        dict(zip(columns, (*key, count, cost), strict=True))
+        dict(zip(COLUMNS, (*key, count, cost), strict=True))
         for key, (count, cost) in sorted(session.info.pop(STAGED).items())
         if count or cost  # a Ready that failed in the same transaction nets to nothing
     ]
@@ -59,9 +59,8 @@ async def _write(session) -> None:
 def _upsert(dialect_name: str) -> sa.Insert:
     """Add to the (tenant, day, model, status) row, creating it if needed (built once)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
-    columns = ("tenant_id", "day", "model", "status", "jobs", "cost")
     upsert = dialect.insert(USAGE).values(
-        {name: sa.bindparam(name, type_=USAGE.c[name].type) for name in columns}
+        {name: sa.bindparam(name, type_=USAGE.c[name].type) for name in COLUMNS}
     )
     return upsert.on_conflict_do_update(
         index_elements=[USAGE.c.tenant_id, USAGE.c.day, USAGE.c.model, USAGE.c.status],
