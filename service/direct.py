@@ -11,7 +11,12 @@ what the ORM writes and reads. Only the execution skips the layers between:
 - rows come back as plain dicts (column key → value) through its result processors;
 - on SQLite the driver is `sqlite_inline.InlineConnection` (its rules decide what runs on the
   event loop); on PostgreSQL, psycopg's async connection, whose transaction the session's
-  is (psycopg opens it at the first statement, and prepares statements that recur).
+  is (psycopg opens it at the first statement, and prepares statements that recur), through
+  its raw cursor: the statements are compiled with PostgreSQL's own `$1` placeholders, so
+  psycopg sends them as they are. (With `%(name)s` placeholders psycopg parses each query in
+  Python, and caches the parse only for statements of ≤ 50 parameters: a group commit's
+  multi-row INSERT of 32 events, 160 parameters, cost ≈ 1.6 ms of CPU instead of ≈ 0.7 ms,
+  bench/README.md "fifteenth pass".)
 
 A statement here has no expanding (`IN`) parameter: the callers build one per list length.
 Pending ORM changes in the session are flushed first, as the session's own autoflush would.
@@ -22,6 +27,8 @@ The statements run in a session's transaction, or in a `Transaction` on the driv
 committing a session's transaction costs several times its statements.
 """
 
+import copy
+import functools
 import sqlite3
 from collections.abc import Sequence
 
@@ -38,13 +45,14 @@ class Compiled:
     """One statement compiled for one dialect, with its processors in positional order."""
 
     def __init__(self, statement: sa.Executable, dialect) -> None:
+        if dialect.name == "postgresql":
+            dialect = _numbered(dialect)
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.dialect = dialect
-        # SQLite's qmark style takes a tuple in `positiontup`'s order; psycopg's pyformat a
-        # dict by name.
-        self.positional = dialect.positional
-        names = compiled.positiontup if self.positional else list(compiled.binds)
+        # A tuple in `positiontup`'s order: SQLite's `?`s, or PostgreSQL's `$1`… (where a
+        # parameter used twice keeps its one number).
+        names = compiled.positiontup
         processors = compiled._bind_processors
         defaults = {name: bind.effective_value for name, bind in compiled.binds.items()}
         self.binds = [(name, processors.get(name), defaults.get(name)) for name in names]
@@ -54,13 +62,13 @@ class Compiled:
         # SQLite's result processors need no type code from the driver: known now.
         self.readers = self.readers_for(None) if dialect.name == "sqlite" else None
 
-    def parameters(self, params: dict) -> tuple | dict:
-        """A parameter used twice takes two positions in qmark style (one name in pyformat)."""
+    def parameters(self, params: dict) -> tuple:
+        """A parameter used twice takes two positions with `?` (one number with `$n`)."""
         values = []
         for name, process, default in self.binds:
             value = params.get(name, default)
-            values.append((name, value if process is None else process(value)))
-        return tuple(value for _, value in values) if self.positional else dict(values)
+            values.append(value if process is None else process(value))
+        return tuple(values)
 
     def readers_for(self, type_codes: Sequence | None) -> list:
         """The result processors, given the driver's type code of each column (if needed)."""
@@ -79,6 +87,25 @@ class Compiled:
             }
             for row in raw_rows
         ]
+
+
+@functools.cache
+def _numbered(dialect):
+    """The engine's PostgreSQL dialect, compiling `$1` placeholders (its own settings, read
+    from the server at connect, kept): for psycopg's raw cursor."""
+    twin = copy.copy(dialect)
+    twin.__dict__.pop("_type_memos", None)  # processors memoised per dialect: its own
+    twin.paramstyle, twin.positional = "numeric_dollar", True
+    twin.identifier_preparer = twin.preparer(twin)
+    return twin
+
+
+@functools.cache
+def raw_cursor():
+    """psycopg's `AsyncRawCursor` (psycopg is imported only where PostgreSQL is used)."""
+    from psycopg import AsyncRawCursor
+
+    return AsyncRawCursor
 
 
 def insert_of(table: sa.Table) -> sa.Insert:
@@ -220,8 +247,9 @@ async def _run_sqlite(driver, plan: Compiled, parameters, many: bool):
 
 async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
     """On psycopg's own connection, as SQLAlchemy's adapter does (psycopg has its own lock,
-    and opens the transaction at the first statement, as for every statement of a session)."""
-    async with connection.cursor() as cursor:
+    and opens the transaction at the first statement, as for every statement of a session),
+    with its raw cursor (`$1` placeholders, parameters in order)."""
+    async with raw_cursor()(connection) as cursor:
         if many:
             # psycopg's executemany enters and leaves pipeline mode each call: for one row,
             # ≈ 110 µs more CPU than execute (bench/README.md, twelfth pass). A group commit
