@@ -46,6 +46,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_postgres:
         engine = create_async_engine(
             settings.database_url,
+            # The hot statements are prepared by `libpq`, once per connection; psycopg's own
+            # preparation would clear every prepared statement of the connection at a
+            # ROLLBACK (a savepoint's included) with its DEALLOCATE ALL.
+            connect_args={"prepare_threshold": None},
             pool_size=settings.db_pool_size,
             max_overflow=0,
             pool_timeout=30,

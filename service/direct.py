@@ -49,6 +49,7 @@ class Compiled:
             dialect = _numbered(dialect)
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
+        self.sql_bytes = self.sql.encode()
         self.dialect = dialect
         # A tuple in `positiontup`'s order: SQLite's `?`s, or PostgreSQL's `$1`… (where a
         # parameter used twice keeps its one number).
@@ -106,6 +107,13 @@ def raw_cursor():
     from psycopg import AsyncRawCursor
 
     return AsyncRawCursor
+
+
+@functools.cache
+def _libpq():
+    from service import libpq
+
+    return libpq
 
 
 def insert_of(table: sa.Table) -> sa.Insert:
@@ -216,8 +224,12 @@ async def _run(driver, plan: Compiled, parameters, *, many: bool) -> list[dict] 
 
 async def commit(transaction: Transaction) -> None:
     """COMMIT a driver transaction; a driver error comes back as SQLAlchemy's, as above."""
+    driver = transaction.driver
     try:
-        await transaction.driver.commit()
+        if transaction.dialect.name == "postgresql" and _libpq().plain(driver):
+            await _libpq().commit(driver)
+        else:
+            await driver.commit()
     except Exception as exc:
         if (error := _as_dbapi_error(exc, transaction.dialect, "COMMIT", None)) is None:
             raise
@@ -246,18 +258,30 @@ async def _run_sqlite(driver, plan: Compiled, parameters, many: bool):
 
 
 async def _run_psycopg(connection, plan: Compiled, parameters, many: bool):
-    """On psycopg's own connection, as SQLAlchemy's adapter does (psycopg has its own lock,
-    and opens the transaction at the first statement, as for every statement of a session),
-    with its raw cursor (`$1` placeholders, parameters in order)."""
+    """On psycopg's own connection, as SQLAlchemy's adapter does, through libpq directly
+    (`libpq`: the transaction opens at the first statement, as psycopg opens a session's;
+    the rows of an executemany go in one round trip). A connection `libpq` does not take
+    goes through psycopg's raw cursor."""
+    pq = _libpq()
+    if not pq.plain(connection):
+        return await _run_on_cursor(connection, plan, parameters, many)
+    if many and len(parameters) > 1:
+        await pq.run_many(connection, plan.sql_bytes, parameters)
+        return None
+    found = await pq.run(connection, plan.sql_bytes, parameters[0] if many else parameters)
+    if found is None or not plan.returns_rows:
+        return None
+    rows, type_codes = found
+    if plan.readers is None:
+        plan.readers = plan.readers_for(type_codes)
+    return rows
+
+
+async def _run_on_cursor(connection, plan: Compiled, parameters, many: bool):
+    """Through psycopg's raw cursor (`$1` placeholders, parameters in order)."""
     async with raw_cursor()(connection) as cursor:
         if many:
-            # psycopg's executemany enters and leaves pipeline mode each call: for one row,
-            # ≈ 110 µs more CPU than execute (bench/README.md, twelfth pass). A group commit
-            # that carries one job's change (a light load) writes one row of each statement.
-            if len(parameters) == 1:
-                await cursor.execute(plan.sql, parameters[0])
-            else:
-                await cursor.executemany(plan.sql, parameters)
+            await cursor.executemany(plan.sql, parameters)
             return None
         await cursor.execute(plan.sql, parameters)
         if not plan.returns_rows:

@@ -1,0 +1,175 @@
+"""PostgreSQL: `direct`'s statements on libpq directly (`service.libpq`) behave as psycopg's
+cursor does: the transaction opens at the first statement and ends at COMMIT or ROLLBACK,
+errors are psycopg's, and a statement interrupted while it waits closes its connection, which
+then leaves the pool."""
+
+import uuid
+from datetime import UTC, datetime
+
+import anyio
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from service import direct, libpq
+from service.db import Database, create_engine
+from service.models import Job
+from service.records import JOBS
+from service.settings import Settings
+from tests.support.rows import new_tenant
+from tests.support.waiting import wait_for
+
+NOW = datetime(2026, 12, 7, 19, 0, 0, 123456, tzinfo=UTC)
+LOCK_KEY = 915_001
+ANSWER = sa.select(sa.literal(41, sa.Integer) + sa.bindparam("n", type_=sa.Integer))
+
+
+@pytest.fixture
+async def db(postgres_url):
+    database = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
+    yield database
+    await database.dispose()
+
+
+async def test_a_statement_opens_the_transaction_and_commit_ends_it(db):
+    async with db.write_direct() as tx:
+        status = tx.driver.pgconn.transaction_status
+        assert status == psycopg.pq.TransactionStatus.IDLE and libpq.plain(tx.driver)
+        assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+        assert tx.driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert tx.driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+async def test_rows_match_what_psycopgs_cursor_reads(db):
+    tenant_id = await new_tenant(db, NOW)
+    job = Job(
+        id=uuid.uuid4(), tenant_id=tenant_id, model="flux-dev", status="Queued",
+        inputs={"prompt": 'ä "quoted" cat', "nested": [1, 2.5, None]}, slot_class="standard",
+        created_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    by_id = sa.select(JOBS).where(JOBS.c.id == sa.bindparam("id", type_=JOBS.c.id.type))
+    async with db.write() as session:
+        session.add(job)
+    async with db.write_direct() as tx:
+        on_libpq = await direct.fetch(tx, by_id, {"id": job.id})
+        plan = direct.compiled(by_id, tx.dialect)
+        on_cursor = plan.rows(await direct._run_on_cursor(tx.driver, plan, (job.id,), False))
+    assert on_libpq == on_cursor and on_libpq[0]["inputs"] == job.inputs
+
+
+async def test_an_error_is_psycopgs_and_the_connection_goes_on(db):
+    statement = sa.select(sa.cast(sa.bindparam("text", type_=sa.Text), sa.Integer))
+    drivers = []
+
+    async def cast_a_word() -> None:
+        async with db.write_direct() as tx:
+            drivers.append(tx.driver)
+            await direct.fetch(tx, statement, {"text": "not a number"})
+
+    with pytest.raises(sa.exc.DataError) as raised:
+        await cast_a_word()
+    [driver] = drivers
+    assert isinstance(raised.value.orig, psycopg.errors.InvalidTextRepresentation)
+    assert not driver.closed
+    async with db.write_direct() as tx:
+        assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+
+
+def _new_job(tenant_id: uuid.UUID) -> dict:
+    job = Job(
+        id=uuid.uuid4(), tenant_id=tenant_id, model="flux-dev", status="Queued", inputs={},
+        slot_class="standard", created_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    return {c.key: getattr(job, c.key) for c in JOBS.c}
+
+
+INSERT_JOB = sa.insert(JOBS).values({c.key: sa.bindparam(c.key, type_=c.type) for c in JOBS.c})
+
+
+async def test_the_rows_of_an_executemany_commit_together_or_not_at_all(db):
+    tenant_id = await new_tenant(db, NOW)
+    first, second = _new_job(tenant_id), _new_job(tenant_id)
+    async with db.write_direct() as tx:  # its first statements: BEGIN goes with them
+        await direct.execute_many(tx, INSERT_JOB, [first, second])
+    clash, third = _new_job(tenant_id) | {"id": first["id"]}, _new_job(tenant_id)
+
+    async def insert_with_a_clash() -> None:
+        async with db.write_direct() as tx:
+            await direct.execute_many(tx, INSERT_JOB, [third, clash])
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await insert_with_a_clash()
+    async with db.read() as session:
+        stored = {job.id for job in (await session.exec(sa.select(Job))).scalars()}
+    assert stored == {first["id"], second["id"]}
+
+
+# A transaction-scoped advisory lock held by another connection: the statement waits in
+# the server. Alone (one round trip), or in an executemany (a pipeline).
+WAIT_ALONE = [{"key": LOCK_KEY}]
+WAIT_IN_A_PIPELINE = [{"key": LOCK_KEY + 1}, {"key": LOCK_KEY}]
+
+
+@pytest.mark.parametrize("keys", [WAIT_ALONE, WAIT_IN_A_PIPELINE], ids=["alone", "pipeline"])
+async def test_a_statement_cancelled_while_it_waits_closes_its_connection(db, keys):
+    row = _new_job(await new_tenant(db, NOW))
+    drivers = []
+
+    async def insert_then_wait_for_the_lock() -> None:
+        async with db.write_direct() as tx:
+            drivers.append(tx.driver)
+            await direct.execute(tx, INSERT_JOB, row)
+            await direct.execute_many(tx, direct.TAKE_LOCK, keys)
+
+    async with db.engine.connect() as holder:
+        await holder.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(insert_then_wait_for_the_lock)
+            await wait_for(lambda: _waits_for_a_lock(holder, drivers))
+            tg.cancel_scope.cancel()
+        await holder.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
+    [broken] = drivers
+    assert broken.closed
+    for _ in range(db.engine.pool.size() + 1):  # every pooled connection, and one more
+        async with db.write_direct() as tx:
+            assert tx.driver is not broken
+            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+    async with db.read() as session:
+        assert await session.get(Job, row["id"]) is None
+
+
+async def _waits_for_a_lock(holder, drivers) -> bool:
+    if not drivers:
+        return False
+    waiting = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+    found = await holder.execute(waiting, {"pid": drivers[0].info.backend_pid})
+    return found.scalar() == "Lock"
+
+
+async def _prepared_here(tx) -> list[str]:
+    query = "SELECT name FROM pg_prepared_statements WHERE name LIKE '\\_fh\\_%'"
+    names = sa.text(query).columns(name=sa.Text)
+    return [row["name"] for row in await direct.fetch(tx, names, {})]
+
+
+async def test_a_statement_is_prepared_once_per_connection_and_then_reused(db):
+    async with db.write_direct() as tx:
+        await direct.fetch(tx, ANSWER, {"n": 1})
+        first = await _prepared_here(tx)
+        assert await direct.fetch(tx, ANSWER, {"n": 2}) == [{"anon_1": 43}]
+        assert await _prepared_here(tx) == first and len(first) == 2  # and the lookup's own
+
+
+async def test_statements_deallocated_under_it_fail_one_transaction_then_prepare_again(db):
+    async def answer(deallocate_first: bool) -> list[dict]:
+        async with db.write_direct() as tx:
+            if deallocate_first:
+                await tx.driver.execute("DEALLOCATE ALL")  # as a pooler or a reset might
+            return await direct.fetch(tx, ANSWER, {"n": 1})
+
+    for _ in range(db.engine.pool.size() + 1):  # prepared on every connection of the pool
+        await answer(deallocate_first=False)
+    with pytest.raises(sa.exc.ProgrammingError):
+        await answer(deallocate_first=True)
+    for _ in range(db.engine.pool.size() + 1):  # that connection among them
+        assert await answer(deallocate_first=False) == [{"anon_1": 42}]
