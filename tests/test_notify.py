@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from service import direct
 from service.db import Database, create_engine
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
 from service.settings import Settings
-from service.signals import WAKE_CHANNEL, Signals
+from service.signals import WAKE_ALL, WAKE_CHANNEL, Signals
 from tests.support.rows import new_tenant
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
@@ -75,3 +76,29 @@ async def test_a_wake_notify_wakes_the_other_processes_and_not_the_one_that_sent
     assert await other.wait("admission", 0.0)
     sender.woken_from_elsewhere("admission")
     assert await sender.wait("admission", 0.0)
+
+
+async def test_work_a_loop_here_takes_at_once_wakes_no_other_process(db):
+    """Admission running here with room claims what a commit here gives it: other processes
+    are not woken for it (each would make a claim that finds nothing). Without room, or
+    without the loop here, they are."""
+    signals, room = Signals(postgres=True), [True]
+    conninfo = db.engine.url.set(drivername="postgresql").render_as_string(False)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {WAKE_CHANNEL}")
+        signals.taken_here["admission"] = lambda: room[0]
+        for step in ("room here", "no room here", "no loop here"):
+            room[0] = step == "room here"
+            if step == "no loop here":
+                del signals.taken_here["admission"]
+            async with db.write_direct() as transaction:
+                await signals.after_commit(transaction, "admission")
+            assert await signals.wait("admission", 0.0), f"woken here ({step})"
+        async with db.write_direct() as transaction:  # the end of what there is to hear
+            await direct.execute(transaction, WAKE_ALL, {"name": "end"})
+        payloads = []
+        async for note in listener.notifies(timeout=10.0):
+            if note.payload == "end":
+                break
+            payloads.append(note.payload)
+    assert payloads == [f"admission@{signals.origin}"] * 2

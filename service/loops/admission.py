@@ -236,6 +236,18 @@ class Admission(Loop):
         self._room_ran_out = len(claimed) >= room
         return claimed
 
+    async def run(self) -> None:
+        # While it runs with room, what a commit here gives admission is claimed here, and no
+        # other process is woken for it (`Signals.taken_here`).
+        self.signals.taken_here[self.name] = self.has_room
+        try:
+            await super().run()
+        finally:
+            self.signals.taken_here.pop(self.name, None)
+
+    def has_room(self) -> bool:
+        return not self.stopping and self._submitting < SUBMIT_CONCURRENCY
+
     def may_find_more(self, claimed: list) -> bool:
         """Only when the claim passed over flux-kontext-max jobs (over their sub-limit) that
         took the place of others. Otherwise it took every job it had a slot and room for: the
