@@ -11,12 +11,11 @@ what the ORM writes and reads. Only the execution skips the layers between:
 - rows come back as plain dicts (column key → value) through its result processors;
 - on SQLite the driver is `sqlite_inline.InlineConnection` (its rules decide what runs on the
   event loop); on PostgreSQL, psycopg's async connection, whose transaction the session's
-  is (psycopg opens it at the first statement, and prepares statements that recur), through
-  its raw cursor: the statements are compiled with PostgreSQL's own `$1` placeholders, so
-  psycopg sends them as they are. (With `%(name)s` placeholders psycopg parses each query in
-  Python, and caches the parse only for statements of ≤ 50 parameters: a group commit's
-  multi-row INSERT of 32 events, 160 parameters, cost ≈ 1.6 ms of CPU instead of ≈ 0.7 ms,
-  bench/README.md "fifteenth pass".)
+  is, through libpq directly (`service.libpq`: the transaction opens at the first
+  statement; each statement is prepared once per connection). The statements are compiled
+  with PostgreSQL's own `$1` placeholders and sent as they are, also through psycopg's raw
+  cursor for a connection `libpq` does not take (with `%(name)s` placeholders psycopg parsed
+  each query in Python: bench/README.md, "fifteenth pass").
 
 A statement here has no expanding (`IN`) parameter: the callers build one per list length.
 Pending ORM changes in the session are flushed first, as the session's own autoflush would.

@@ -34,7 +34,6 @@ FAILED = pq.ExecStatus.FATAL_ERROR
 ROWS = pq.ExecStatus.TUPLES_OK
 SYNC = pq.ExecStatus.PIPELINE_SYNC
 PREPARED = pq.ExecStatus.COMMAND_OK
-BEGIN = b"BEGIN"
 MAX_PREPARED = 256  # statements prepared on one connection; more run unprepared
 
 
@@ -64,9 +63,12 @@ class Statement:
     values: list | None
     types: tuple | None
     formats: list | None
-    key: tuple
     name: bytes | None = None
     prepare: bytes | None = None
+
+    @property
+    def key(self) -> tuple:
+        return self.sql, self.types
 
 
 def plain(connection: AsyncConnection) -> bool:
@@ -88,7 +90,7 @@ async def run(connection: AsyncConnection, sql: bytes, params: tuple) -> tuple[l
         transformer = Transformer(connection)
         statement = _statement(connection, transformer, sql, params)
         if opening or statement.prepare:
-            begin = [_statement(connection, None, BEGIN, ())] if opening else []
+            begin = [_command(b"BEGIN")] if opening else []
             result = (await _pipelined(connection, [*begin, statement]))[-1]
         else:
             result = await _round_trip(connection, statement)
@@ -106,7 +108,7 @@ async def run_many(connection: AsyncConnection, sql: bytes, rows: Sequence[tuple
         transformer = Transformer(connection)
         statements = [_statement(connection, transformer, sql, params) for params in rows]
         if opening:
-            statements.insert(0, _statement(connection, None, BEGIN, ()))
+            statements.insert(0, _command(b"BEGIN"))
         await _pipelined(connection, statements)
 
 
@@ -114,7 +116,7 @@ async def commit(connection: AsyncConnection) -> None:
     """COMMIT the open transaction (none open: nothing to do, as psycopg's `commit`)."""
     async with connection.lock:
         if connection.pgconn.transaction_status != IDLE:
-            await _round_trip(connection, _statement(connection, None, b"COMMIT", ()))
+            await _round_trip(connection, _command(b"COMMIT"))
 
 
 def _opening(connection: AsyncConnection) -> bool:
@@ -125,6 +127,11 @@ def _opening(connection: AsyncConnection) -> bool:
     return pgconn.transaction_status == IDLE
 
 
+def _command(sql: bytes) -> Statement:
+    """BEGIN or COMMIT: no parameters, never prepared."""
+    return Statement(sql, None, None, None)
+
+
 def _statement(connection, transformer, sql: bytes, params: tuple) -> Statement:
     """`sql` with its parameters dumped, and its prepared name (or the one to give it: a
     statement of several rows prepares once, the first time)."""
@@ -133,9 +140,7 @@ def _statement(connection, transformer, sql: bytes, params: tuple) -> Statement:
         types, formats = tuple(transformer.types), list(transformer.formats)
     else:
         values = types = formats = None
-    statement = Statement(sql, values, types, formats, key=(sql, types))
-    if sql in (BEGIN, b"COMMIT"):
-        return statement
+    statement = Statement(sql, values, types, formats)
     prepared = _prepared.setdefault(connection, Prepared())
     statement.name = prepared.names.get(statement.key)
     if statement.name is None:
@@ -186,8 +191,10 @@ async def _pipelined(connection, statements: list[Statement]) -> list[pq.abc.PGr
 
 def _forget_failed_preparations(connection, sent: list, results: list) -> None:
     prepared = _prepared.get(connection)
+    if prepared is None:
+        return
     for preparing, result in zip(sent, results, strict=True):
-        if preparing is not None and result.status != PREPARED and prepared is not None:
+        if preparing is not None and result.status != PREPARED:
             prepared.names.pop(preparing.key, None)
 
 

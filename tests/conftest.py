@@ -54,6 +54,17 @@ def postgres_url(postgres_cluster):
 
 
 @pytest.fixture
+async def postgres_db(postgres_url):
+    """fluxhook's `Database` on a fresh PostgreSQL database."""
+    from service.db import Database, create_engine
+    from service.settings import Settings
+
+    database = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path, sqlite_template) -> str:
     path = tmp_path / "fluxhook.db"
     shutil.copy(sqlite_template, path)

@@ -12,10 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from service import direct, libpq
-from service.db import Database, create_engine
 from service.models import Job
 from service.records import JOBS
-from service.settings import Settings
 from tests.support.rows import new_tenant
 from tests.support.waiting import wait_for
 
@@ -25,10 +23,8 @@ ANSWER = sa.select(sa.literal(41, sa.Integer) + sa.bindparam("n", type_=sa.Integ
 
 
 @pytest.fixture
-async def db(postgres_url):
-    database = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
-    yield database
-    await database.dispose()
+def db(postgres_db):
+    return postgres_db
 
 
 async def test_a_statement_opens_the_transaction_and_commit_ends_it(db):

@@ -8,9 +8,7 @@ import psycopg
 import pytest
 
 from service import direct
-from service.db import Database, create_engine
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
-from service.settings import Settings
 from service.signals import WAKE_ALL, WAKE_CHANNEL, Signals
 from tests.support.rows import new_tenant
 
@@ -29,10 +27,8 @@ HOSTILE = [
 
 
 @pytest.fixture
-async def db(postgres_url):
-    database = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
-    yield database
-    await database.dispose()
+def db(postgres_db):
+    return postgres_db
 
 
 async def test_a_transactions_events_reach_a_listener_intact_and_in_order(db):
