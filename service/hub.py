@@ -4,7 +4,7 @@ Events reach the hub after their transaction commits. On SQLite (writes are seri
 sequence order is commit order) this process's events are handed over as they commit, and a
 reader follows the `job_events` table for what other processes commit, ahead of this
 process's later events. On PostgreSQL a LISTEN connection receives each event's NOTIFY, sent
-in commit order across processes.
+in commit order across processes, while a stream is here (`PostgresFollower`).
 A stream that falls behind (or a hub that lost its connection) is told to resync: it reads
 what it missed from the table, so nothing is dropped and nothing is sent twice.
 """
@@ -15,13 +15,14 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import select
 
+from service import libpq
 from service.db import Database
 from service.events import EVENTS_CHANNEL, StagedEvent, envelope_json
 from service.models import JobEvent
@@ -29,6 +30,7 @@ from service.signals import WAKE_CHANNEL, Signals
 
 log = logging.getLogger(__name__)
 LISTENER_BACKLOG = 1000  # events buffered per stream before it must resync from the table
+LINGER_S = 60.0  # PostgreSQL: events are LISTENed to this long after the last stream left
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class Hub:
         self._held_back_to = 0
         self._read_now = asyncio.Event()
         self.closed = False
+        # PostgreSQL: called when a stream arrives at a hub with none (to LISTEN to events).
+        self.on_first_stream: Callable[[], None] | None = None
         if not db.is_postgres:
             signals.event_committed = self._committed_here
 
@@ -119,7 +123,10 @@ class Hub:
         listener = Listener(tenant_id, job_id, self._backlog)
         if self.closed:
             listener.close()
+        first = not self._listeners
         self._listeners[tenant_id].add(listener)
+        if first and self.on_first_stream is not None:
+            self.on_first_stream()
         try:
             yield listener
         finally:
@@ -202,28 +209,91 @@ class Hub:
 
 
 class PostgresFollower:
-    """LISTEN on a direct connection; reconnects, and tells streams to resync after a gap."""
+    """LISTEN on a connection of its own: to wake-ups always, to events only while a stream
+    is here (and `LINGER_S` after the last one left). Every NOTIFY reaches every connection
+    that LISTENs to its channel, and most processes (a `fluxhook worker`, a serve process
+    nobody streams from) have no stream: hearing each event cost such a process ≈ 0.17 ms of
+    CPU a job (bench/README.md, sixteenth pass). Events are LISTENed to before the streams are
+    told to resync from the table, so an event commits either before LISTEN (the table read
+    has it) or after (its NOTIFY comes): none is missed. On a lost connection it reconnects,
+    and the streams resync the same way."""
 
-    def __init__(self, hub: Hub, db: Database, signals: Signals) -> None:
+    def __init__(self, hub: Hub, db: Database, signals: Signals, linger_s: float = LINGER_S):
         self._hub = hub
         self._db = db
         self._signals = signals
+        self._linger_s = linger_s
+        self.listening_to_events = False
+        self._last_stream_seen = 0.0  # loop time: when a stream was last here
+        self._woken: asyncio.Future | None = None  # the wait for the connection, if waiting
 
     async def run(self) -> None:
         import psycopg
 
         conninfo = self._db.engine.url.set(drivername="postgresql").render_as_string(False)
+        self._hub.on_first_stream = self._wake
+        try:
+            while True:
+                try:
+                    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                    try:
+                        await self._follow(conn)
+                    finally:
+                        await conn.close()  # it awaits nothing: it closes when cancelled too
+                except psycopg.OperationalError:
+                    log.exception("hub lost its PostgreSQL LISTEN connection; reconnecting")
+                    await asyncio.sleep(1.0)
+        finally:
+            self._hub.on_first_stream = None
+            self.listening_to_events = False
+
+    async def _follow(self, conn) -> None:
+        self.listening_to_events = False
+        await libpq.command(conn, f"LISTEN {WAKE_CHANNEL}".encode())
         while True:
+            await self._match_streams(conn)
+            for notification in await self._notifications(conn.pgconn):
+                channel = notification.relname.decode()
+                await self._dispatch(channel, notification.extra.decode())
+
+    async def _match_streams(self, conn) -> None:
+        """LISTEN to events when a stream is here (then the streams resync); UNLISTEN once
+        none has been for `linger_s` (a client reconnecting finds the hub still listening)."""
+        now = asyncio.get_running_loop().time()
+        if self._hub.streaming:
+            self._last_stream_seen = now
+            if not self.listening_to_events:
+                await libpq.command(conn, f"LISTEN {EVENTS_CHANNEL}".encode())
+                self.listening_to_events = True
+                self._hub.resync_all()
+        elif self.listening_to_events and now - self._last_stream_seen >= self._linger_s:
+            await libpq.command(conn, f"UNLISTEN {EVENTS_CHANNEL}".encode())
+            self.listening_to_events = False
+
+    async def _notifications(self, pgconn) -> list:
+        """The notifications received; none when a first stream arrived meanwhile (`_wake`).
+        Only the wait is cancelled at shutdown: what libpq has read is never dropped."""
+        while True:
+            pgconn.consume_input()
+            received = []
+            while (notification := pgconn.notifies()) is not None:
+                received.append(notification)
+            if received:
+                return received
+            loop = asyncio.get_running_loop()
+            self._woken = loop.create_future()
+            loop.add_reader(pgconn.socket, _settle, self._woken)
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
-                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    self._hub.resync_all()
-                    async for notification in conn.notifies():
-                        await self._dispatch(notification.channel, notification.payload)
-            except psycopg.OperationalError:
-                log.exception("hub lost its PostgreSQL LISTEN connection; reconnecting")
-                await asyncio.sleep(1.0)
+                if await self._woken == "stream":
+                    return []
+            finally:
+                loop.remove_reader(pgconn.socket)
+                self._woken = None
+
+    def _wake(self) -> None:
+        """A first stream is here: stop waiting, to LISTEN to events."""
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result("stream")
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
@@ -249,3 +319,8 @@ class PostgresFollower:
     async def _load(self, seq: int) -> JobEvent | None:
         async with self._db.read() as session:
             return await session.get(JobEvent, seq)
+
+
+def _settle(ready: asyncio.Future, value: str = "readable") -> None:
+    if not ready.done():
+        ready.set_result(value)

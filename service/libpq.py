@@ -119,6 +119,13 @@ async def commit(connection: AsyncConnection) -> None:
             await _round_trip(connection, _command(b"COMMIT"))
 
 
+async def command(connection: AsyncConnection, sql: bytes) -> None:
+    """A command on an autocommit connection (LISTEN, UNLISTEN): no transaction around it.
+    Notifications that arrive meanwhile stay in libpq's queue (`pgconn.notifies()`)."""
+    async with connection.lock:
+        await _round_trip(connection, _command(sql))
+
+
 def _opening(connection: AsyncConnection) -> bool:
     """No transaction open yet (the connection must be usable, as psycopg checks)."""
     pgconn = connection.pgconn
@@ -128,7 +135,7 @@ def _opening(connection: AsyncConnection) -> bool:
 
 
 def _command(sql: bytes) -> Statement:
-    """BEGIN or COMMIT: no parameters, never prepared."""
+    """BEGIN, COMMIT, LISTEN…: no parameters, never prepared."""
     return Statement(sql, None, None, None)
 
 

@@ -4,13 +4,16 @@ hub of each serve process builds its streams' messages from these payloads)."""
 import json
 from datetime import UTC, datetime
 
+import anyio
 import psycopg
 import pytest
 
 from service import direct
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
+from service.hub import RESYNC, Hub, PostgresFollower
 from service.signals import WAKE_ALL, WAKE_CHANNEL, Signals
 from tests.support.rows import new_tenant
+from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
 # What a prompt can carry into an event's data, and what a text array literal must escape.
@@ -98,3 +101,82 @@ async def test_work_a_loop_here_takes_at_once_wakes_no_other_process(db):
                 break
             payloads.append(note.payload)
     assert payloads == [f"admission@{signals.origin}"] * 2
+
+
+async def test_a_hub_listens_to_events_only_while_a_stream_is_here(db):
+    """Every NOTIFY reaches every connection LISTENing to its channel, and most processes
+    have no stream. The hub's connection LISTENs to wake-ups always, to events from a first
+    stream's arrival (which then resyncs from the table: nothing committed meanwhile is
+    missed) until `linger_s` after the last stream left."""
+    tenant_id = await new_tenant(db, NOW)
+    signals, other = Signals(postgres=True), Signals(postgres=True)
+    hub = Hub(db, signals)
+    follower = PostgresFollower(hub, db, signals, linger_s=0.0)
+
+    async def wake(name: str) -> None:
+        async with db.write_direct() as transaction:
+            await other.after_commit(transaction, name)
+
+    async def heard(name: str) -> bool:
+        """Sends a wake-up; whether the follower passed it on. The follower hears its
+        notifications in order, so all sent before this one have been dispatched."""
+        await wake(name)
+        return await signals.wait(name, 0.1)
+
+    async def event(note: str) -> int:
+        async with db.write_direct() as transaction:
+            staged = await record_event(
+                transaction, other, tenant_id=tenant_id, job_id=None, type="job.progress",
+                data={"note": note}, now=NOW,
+            )  # fmt: skip
+        return staged.seq
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(follower.run)
+        await wait_for(lambda: heard("up"))
+        await event("nobody streams here")
+        assert await heard("after it")
+        assert not follower.listening_to_events
+        with hub.listen(tenant_id) as listener:
+            assert await listener.next(10.0) is RESYNC, "from the table: what came before"
+            assert follower.listening_to_events
+            seq = await event("streamed")
+            streamed = await listener.next(10.0)
+            assert (streamed.seq, json.loads(streamed.body)["data"]) == (seq, {"note": "streamed"})
+        await event("after the stream left")  # heard; then, no stream for linger_s: UNLISTEN
+        await wait_for(lambda: _async(not follower.listening_to_events))
+        with hub.listen(tenant_id) as listener:  # and LISTEN again for the next one
+            assert await listener.next(10.0) is RESYNC
+            assert follower.listening_to_events
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_hub_keeps_listening_to_events_while_streams_come_and_go(db):
+    """Within `linger_s` of the last stream, the next one finds events LISTENed to already
+    (no LISTEN, no resync): clients that reconnect cost no churn."""
+    tenant_id = await new_tenant(db, NOW)
+    signals, other = Signals(postgres=True), Signals(postgres=True)
+    hub = Hub(db, signals)
+    follower = PostgresFollower(hub, db, signals)
+
+    async def heard(name: str) -> bool:
+        async with db.write_direct() as transaction:
+            await other.after_commit(transaction, name)
+        return await signals.wait(name, 0.1)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(follower.run)
+        await wait_for(lambda: heard("up"))
+        with hub.listen(tenant_id) as listener:
+            assert await listener.next(10.0) is RESYNC
+        for step in ("first", "second"):  # the second is dispatched after a pass that saw none
+            assert await heard(step)
+        assert follower.listening_to_events
+        with hub.listen(tenant_id) as listener:
+            assert await heard("after it came")
+            assert await listener.next(0.0) is None, "no resync: nothing was missed"
+        tasks.cancel_scope.cancel()
+
+
+async def _async(value):
+    return value
