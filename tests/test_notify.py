@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import anyio
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from service import direct
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
@@ -16,6 +17,10 @@ from tests.support.rows import new_tenant
 from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
+TERMINATE_LISTENERS = sa.text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+)
 # What a prompt can carry into an event's data, and what a text array literal must escape.
 HOSTILE = [
     "plain",
@@ -175,6 +180,34 @@ async def test_a_hub_keeps_listening_to_events_while_streams_come_and_go(db):
         with hub.listen(tenant_id) as listener:
             assert await heard("after it came")
             assert await listener.next(0.0) is None, "no resync: nothing was missed"
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_hub_that_lost_its_connection_listens_again_and_its_streams_resync(db):
+    tenant_id = await new_tenant(db, NOW)
+    signals, other = Signals(postgres=True), Signals(postgres=True)
+    hub = Hub(db, signals)
+
+    async def event(note: str) -> int:
+        async with db.write_direct() as transaction:
+            staged = await record_event(
+                transaction, other, tenant_id=tenant_id, job_id=None, type="job.progress",
+                data={"note": note}, now=NOW,
+            )  # fmt: skip
+        return staged.seq
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(PostgresFollower(hub, db, signals).run)
+        with hub.listen(tenant_id) as listener:
+            assert await listener.next(10.0) is RESYNC
+            async with db.write() as session:
+                ended = await session.exec(TERMINATE_LISTENERS)
+                assert len(ended.all()) == 1
+            await event("while it was away")
+            while (item := await listener.next(10.0)) is not RESYNC:  # heard before it died
+                assert item is not None, "no resync after the connection was lost"
+            seq = await event("after it came back")
+            assert (await listener.next(10.0)).seq == seq
         tasks.cancel_scope.cancel()
 
 
