@@ -4,6 +4,7 @@ dead letters and redelivery, drop-in job callbacks, SSRF refusals."""
 import json
 import random
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -155,6 +156,26 @@ async def test_failures_are_retried_on_schedule(quiet_stack):
         (delivery,) = await _deliveries(stack)
         assert (delivery.status, delivery.attempts) == ("delivered", 3)
         assert len(set(subscriber.delivered_ids())) == 1, "one webhook-id across retries"
+
+
+async def test_a_delivery_another_process_holds_is_sent_once_its_lease_runs_out(quiet_stack):
+    """A process that died while sending: the others leave its delivery until the lease runs
+    out (it may still be sending), then send it, once."""
+    stack, clock = quiet_stack
+    async with running_subscriber(default=200) as subscriber:
+        await _subscribe(stack, subscriber.url, events=["job.failed"])
+        await _failed_job_event(stack)
+        async with stack.services.db.write() as session:
+            (delivery,) = (await session.exec(select(Delivery))).all()
+            delivery.lease_expires_at = clock.now() + timedelta(seconds=30)
+        dispatcher = _dispatcher(stack, clock)
+        await dispatcher.run_until_idle()
+        assert subscriber.received == [], "leased elsewhere: not sent"
+        clock.advance(31)
+        await dispatcher.run_until_idle()
+        assert len(subscriber.received) == 1
+        (delivery,) = await _deliveries(stack)
+        assert delivery.status == "delivered"
 
 
 async def test_timeouts_count_as_failures(quiet_stack):

@@ -56,6 +56,27 @@ async def test_an_expired_url_is_refreshed_with_get_result(quiet):
     assert stored.content == (await http.get(fresh["result"]["sample"])).content
 
 
+async def test_a_fetch_another_process_holds_is_taken_once_its_lease_runs_out(quiet):
+    """The receiver leased the download to its process's fetcher, and that process died
+    before it: another process's fetcher leaves the job until the lease runs out, then
+    fetches the image."""
+    stack, emulator, clock, http = quiet
+    task_id = await _finished_task(emulator, http)
+    ready = (await http.get(f"{emulator.url}/v1/get_result", params={"id": task_id})).json()
+    job = await stack.submit("flux-dev")
+    holder = stack.services.fetcher
+    assert (await stack.post_webhook(job["id"], ready)).status_code == 200
+    build_loops(stack.services, holder.transport, holder.transport)  # the other process's
+    fetcher = stack.services.fetcher
+    await fetcher.run_until_idle()
+    shown = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+    assert not shown["image_stored"], "leased to the process that died: not fetched yet"
+    clock.advance(holder.lease.total_seconds() + 1)
+    await fetcher.run_until_idle()
+    shown = (await stack.client.get(f"/v1/jobs/{job['id']}")).json()
+    assert shown["image_stored"]
+
+
 async def test_an_image_that_cannot_be_fetched_fails_the_job_after_the_window(quiet):
     stack, _, clock, _ = quiet
     async with running_subscriber(default=500) as broken:

@@ -132,6 +132,26 @@ def _letting_go(on_the_wire: asyncio.Future) -> outbound.Trace:
     return trace
 
 
+def _is_due(now) -> tuple:
+    """A delivery to send now: pending, its attempt due, its subscription enabled, and no
+    process holding it (or its lease ran out). `now`: a time, or a bound parameter."""
+    lease_free = or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at <= now)
+    return (
+        Delivery.status == PENDING,
+        Delivery.next_attempt_at <= now,
+        Subscription.enabled,
+        lease_free,
+    )
+
+
+ANY_DUE = (
+    sa.select(Delivery.id)
+    .join(Subscription, Subscription.id == Delivery.subscription_id)
+    .where(*_is_due(sa.bindparam("now")))
+    .limit(1)
+)
+
+
 class Dispatcher(Loop):
     name = "dispatcher"
     interval_s = 1.0
@@ -237,6 +257,9 @@ class Dispatcher(Loop):
         if capacity <= 0:
             self._left_waiting = True  # not looked: a finished send looks again
             return []
+        if not await self._any_due():
+            self._left_waiting = False
+            return []
         async with self.db.write() as session:
             if self.db.is_postgres:
                 # One claim at a time across processes, so the per-subscription count holds.
@@ -257,6 +280,14 @@ class Dispatcher(Loop):
             self._started(send)
         return sends
 
+    async def _any_due(self) -> bool:
+        """A claim's first look, one statement: whether any delivery is due at all. Most
+        claims are a loop's poll that finds nothing (new deliveries are handed over without
+        one), and the claim itself, a lock, the room per subscription and the due rows ranked
+        per subscription, cost ≈ 5 ms of CPU even then (bench/README.md, sixteenth pass)."""
+        async with self.db.write_direct() as transaction:
+            return bool(await direct.fetch(transaction, ANY_DUE, {"now": self.clock.now()}))
+
     async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
         """Per busy subscription, how many more deliveries may be in flight (others: all)."""
         in_flight = sa.select(Delivery.subscription_id, func.count()).where(
@@ -274,10 +305,7 @@ class Dispatcher(Loop):
                 .label("rank"),
             )
             .join(Subscription, Subscription.id == Delivery.subscription_id)
-            .where(
-                Delivery.status == PENDING, Delivery.next_attempt_at <= now, Subscription.enabled
-            )
-            .where(or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at <= now))
+            .where(*_is_due(now))
             .subquery()
         )
         ids = sa.select(ready.c.id).where(ready.c.rank <= self.per_subscription)
