@@ -212,11 +212,11 @@ class PostgresFollower:
     """LISTEN on a connection of its own: to wake-ups always, to events only while a stream
     is here (and `LINGER_S` after the last one left). Every NOTIFY reaches every connection
     that LISTENs to its channel, and most processes (a `fluxhook worker`, a serve process
-    nobody streams from) have no stream: hearing each event cost such a process ≈ 0.17 ms of
-    CPU a job (bench/README.md, sixteenth pass). Events are LISTENed to before the streams are
-    told to resync from the table, so an event commits either before LISTEN (the table read
-    has it) or after (its NOTIFY comes): none is missed. On a lost connection it reconnects,
-    and the streams resync the same way."""
+    nobody streams from) have no stream: hearing each event cost such a process ≈ 0.35 ms
+    of CPU a job at 60 jobs/s (bench/README.md, sixteenth pass). Events are LISTENed to
+    before the streams are told to resync from the table, so an event commits either before
+    LISTEN (the table read has it) or after (its NOTIFY comes): none is missed. On a lost
+    connection it reconnects, and the streams resync the same way."""
 
     def __init__(self, hub: Hub, db: Database, signals: Signals, linger_s: float = LINGER_S):
         self._hub = hub
