@@ -225,7 +225,7 @@ class PostgresFollower:
         self._linger_s = linger_s
         self.listening_to_events = False
         self._last_stream_seen = 0.0  # loop time: when a stream was last here
-        self._woken: asyncio.Future | None = None  # the wait for the connection, if waiting
+        self._woken: asyncio.Future | None = None  # settled to stop waiting for notifications
 
     async def run(self) -> None:
         import psycopg
@@ -252,7 +252,12 @@ class PostgresFollower:
         await libpq.command(conn, f"LISTEN {WAKE_CHANNEL}".encode())
         while True:
             await self._match_streams(conn)
-            for notification in await self._notifications(conn.pgconn):
+            self._woken = asyncio.get_running_loop().create_future()
+            try:
+                received = await libpq.notifications(conn, self._woken)
+            finally:
+                self._woken = None
+            for notification in received:
                 channel = notification.relname.decode()
                 await self._dispatch(channel, notification.extra.decode())
 
@@ -270,37 +275,17 @@ class PostgresFollower:
             await libpq.command(conn, f"UNLISTEN {EVENTS_CHANNEL}".encode())
             self.listening_to_events = False
 
-    async def _notifications(self, pgconn) -> list:
-        """The notifications received; none when a first stream arrived meanwhile (`_wake`).
-        Only the wait is cancelled at shutdown: what libpq has read is never dropped."""
-        while True:
-            pgconn.consume_input()
-            received = []
-            while (notification := pgconn.notifies()) is not None:
-                received.append(notification)
-            if received:
-                return received
-            loop = asyncio.get_running_loop()
-            self._woken = loop.create_future()
-            loop.add_reader(pgconn.socket, _settle, self._woken)
-            try:
-                if await self._woken == "stream":
-                    return []
-            finally:
-                loop.remove_reader(pgconn.socket)
-                self._woken = None
-
     def _wake(self) -> None:
         """A first stream is here: stop waiting, to LISTEN to events."""
         if self._woken is not None and not self._woken.done():
-            self._woken.set_result("stream")
+            self._woken.set_result(None)
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == WAKE_CHANNEL:
             self._signals.woken_from_elsewhere(payload)
             return
         if not self._hub.streaming:
-            return  # no stream here: every process hears every event, most have nobody
+            return  # no stream here any more (events are still LISTENed to for the linger)
         row = json.loads(payload)
         if "tenant_id" not in row:
             event = await self._load(row["seq"])
@@ -319,8 +304,3 @@ class PostgresFollower:
     async def _load(self, seq: int) -> JobEvent | None:
         async with self._db.read() as session:
             return await session.get(JobEvent, seq)
-
-
-def _settle(ready: asyncio.Future, value: str = "readable") -> None:
-    if not ready.done():
-        ready.set_result(value)

@@ -126,6 +126,28 @@ async def command(connection: AsyncConnection, sql: bytes) -> None:
         await _round_trip(connection, _command(sql))
 
 
+async def notifications(connection: AsyncConnection, woken: asyncio.Future) -> list:
+    """The notifications received on a LISTENing connection (psycopg's `PGnotify`), after
+    waiting for the socket if none has come yet; none if `woken` is settled first (how the
+    caller stops the wait). Only the wait is interrupted or cancelled: nothing libpq has read
+    is dropped, and what comes meanwhile is in the next call's."""
+    async with connection.lock:
+        pgconn = connection.pgconn
+        received = _notifications_read(pgconn)
+        if not received:
+            await _ready(pgconn.socket, ready=woken)
+            received = _notifications_read(pgconn)
+        return received
+
+
+def _notifications_read(pgconn) -> list:
+    pgconn.consume_input()
+    received = []
+    while (notification := pgconn.notifies()) is not None:
+        received.append(notification)
+    return received
+
+
 def _opening(connection: AsyncConnection) -> bool:
     """No transaction open yet (the connection must be usable, as psycopg checks)."""
     pgconn = connection.pgconn
@@ -269,9 +291,10 @@ async def _flushed(pgconn) -> None:
         await _ready(pgconn.socket, writing=True)
 
 
-async def _ready(fd: int, writing: bool = False) -> None:
+async def _ready(fd: int, writing: bool = False, ready: asyncio.Future | None = None) -> None:
+    """Until `fd` is readable (writable), or `ready`, if given, is settled by someone else."""
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
+    ready = loop.create_future() if ready is None else ready
     watch, unwatch = (
         (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
     )

@@ -1,6 +1,7 @@
 """PostgreSQL: a transaction's events reach every LISTEN connection intact and in order (the
 hub of each serve process builds its streams' messages from these payloads)."""
 
+import functools
 import json
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ from service import direct
 from service.events import EVENTS_CHANNEL, NOTIFY_PAYLOAD_LIMIT, record_event
 from service.hub import RESYNC, Hub, PostgresFollower
 from service.signals import WAKE_ALL, WAKE_CHANNEL, Signals
-from tests.support.rows import new_tenant
+from tests.support.rows import new_note, new_tenant
 from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 12, 7, 6, 30, 0, 123456, tzinfo=UTC)
@@ -118,23 +119,8 @@ async def test_a_hub_listens_to_events_only_while_a_stream_is_here(db):
     hub = Hub(db, signals)
     follower = PostgresFollower(hub, db, signals, linger_s=0.0)
 
-    async def wake(name: str) -> None:
-        async with db.write_direct() as transaction:
-            await other.after_commit(transaction, name)
-
-    async def heard(name: str) -> bool:
-        """Sends a wake-up; whether the follower passed it on. The follower hears its
-        notifications in order, so all sent before this one have been dispatched."""
-        await wake(name)
-        return await signals.wait(name, 0.1)
-
-    async def event(note: str) -> int:
-        async with db.write_direct() as transaction:
-            staged = await record_event(
-                transaction, other, tenant_id=tenant_id, job_id=None, type="job.progress",
-                data={"note": note}, now=NOW,
-            )  # fmt: skip
-        return staged.seq
+    heard = functools.partial(_heard, db, other, signals)
+    event = functools.partial(new_note, db, other, tenant_id, created_at=NOW)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(follower.run)
@@ -164,10 +150,7 @@ async def test_a_hub_keeps_listening_to_events_while_streams_come_and_go(db):
     hub = Hub(db, signals)
     follower = PostgresFollower(hub, db, signals)
 
-    async def heard(name: str) -> bool:
-        async with db.write_direct() as transaction:
-            await other.after_commit(transaction, name)
-        return await signals.wait(name, 0.1)
+    heard = functools.partial(_heard, db, other, signals)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(follower.run)
@@ -188,13 +171,7 @@ async def test_a_hub_that_lost_its_connection_listens_again_and_its_streams_resy
     signals, other = Signals(postgres=True), Signals(postgres=True)
     hub = Hub(db, signals)
 
-    async def event(note: str) -> int:
-        async with db.write_direct() as transaction:
-            staged = await record_event(
-                transaction, other, tenant_id=tenant_id, job_id=None, type="job.progress",
-                data={"note": note}, now=NOW,
-            )  # fmt: skip
-        return staged.seq
+    event = functools.partial(new_note, db, other, tenant_id, created_at=NOW)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(PostgresFollower(hub, db, signals).run)
@@ -209,6 +186,14 @@ async def test_a_hub_that_lost_its_connection_listens_again_and_its_streams_resy
             seq = await event("after it came back")
             assert (await listener.next(10.0)).seq == seq
         tasks.cancel_scope.cancel()
+
+
+async def _heard(db, sender: Signals, signals: Signals, name: str) -> bool:
+    """`sender` commits a wake-up; whether the follower passed it on to `signals`. A follower
+    hears its notifications in order, so all sent before this one have been dispatched."""
+    async with db.write_direct() as transaction:
+        await sender.after_commit(transaction, name)
+    return await signals.wait(name, 0.1)
 
 
 async def _async(value):

@@ -9,11 +9,10 @@ import anyio
 import httpx
 
 from service.db import Database, create_engine
-from service.events import record_event
 from service.hub import CLOSED, RESYNC, Hub, StreamEvent
 from service.settings import Settings
 from service.signals import Signals
-from tests.support.rows import new_tenant
+from tests.support.rows import new_note, new_tenant
 from tests.support.sse import open_stream
 from tests.support.stack import running_emulator, running_stack
 
@@ -184,12 +183,12 @@ async def test_on_sqlite_a_workers_events_reach_the_streams_before_this_process_
     await hub.publish_new_rows()  # the cursor starts after what is there
     try:
         with hub.listen(tenant) as listener:
-            await _note(worker, Signals(postgres=False), tenant, "the worker's")
-            await _note(serve, signals, tenant, "serve's, after it")
+            await new_note(worker, Signals(postgres=False), tenant, "the worker's", NOW)
+            await new_note(serve, signals, tenant, "serve's, after it", NOW)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(hub.run)
                 got = [await listener.next(5.0) for _ in range(2)]
-                await _note(serve, signals, tenant, "serve's next, at once")
+                await new_note(serve, signals, tenant, "serve's next, at once", NOW)
                 got.append(await listener.next(5.0))
                 tasks.cancel_scope.cancel()
     finally:
@@ -198,11 +197,3 @@ async def test_on_sqlite_a_workers_events_reach_the_streams_before_this_process_
     notes = [json.loads(event.body)["data"]["note"] for event in got]
     assert notes == ["the worker's", "serve's, after it", "serve's next, at once"]
     assert [event.seq for event in got] == sorted(event.seq for event in got)
-
-
-async def _note(db: Database, signals: Signals, tenant: uuid.UUID, note: str) -> None:
-    async with db.write_direct() as transaction:
-        await record_event(
-            transaction, signals, tenant_id=tenant, job_id=None, type="job.progress",
-            data={"note": note}, now=NOW,
-        )  # fmt: skip
