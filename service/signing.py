@@ -10,7 +10,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 
-from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
 
 WEBHOOK_SALT = "bfl-webhook"
 IMAGE_SALT = "image"
@@ -31,8 +31,8 @@ class Signing:
 
     def job_id_from_webhook_token(self, token: str) -> uuid.UUID | None:
         try:
-            return uuid.UUID(hex=self._webhook.loads(token))
-        except (BadSignature, ValueError, TypeError):
+            return _job_id(self._webhook.loads(token))
+        except (BadData, TypeError):
             return None
 
     def webhook_secret(self, job_id: uuid.UUID) -> str:
@@ -49,9 +49,20 @@ class Signing:
 
     def job_id_from_image_token(self, token: str, max_age_s: int) -> uuid.UUID | None:
         try:
-            return uuid.UUID(hex=self._image.loads(token, max_age=max_age_s))
-        except (BadSignature, ValueError, TypeError):
+            return _job_id(self._image.loads(token, max_age=max_age_s))
+        except (BadData, TypeError):
             return None
+
+
+def _job_id(payload) -> uuid.UUID | None:
+    """The job a token names: its payload is the id's hex (a signed token with any other
+    payload names none; `uuid.UUID` raised AttributeError on a number, a 500)."""
+    if not isinstance(payload, str):
+        return None
+    try:
+        return uuid.UUID(hex=payload)
+    except ValueError:
+        return None
 
 
 def _job_secret(key: bytes, job_id: uuid.UUID) -> str:

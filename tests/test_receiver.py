@@ -7,9 +7,11 @@ import uuid
 
 import httpx
 import pytest
+from itsdangerous import URLSafeSerializer
 from sqlmodel import select
 
 from service.models import Job
+from service.signing import WEBHOOK_SALT
 from tests.support.dbstate import snapshot
 from tests.support.stack import running_emulator, running_stack
 
@@ -77,7 +79,11 @@ async def test_forged_and_foreign_tokens_are_unknown(stack):
     forged = f"{stack.url}/webhooks/bfl/{uuid.UUID(job_id).hex}.forged-signature"
     foreign_signing = type(stack.services.signing)(["another-deployment's key"])
     foreign = f"{stack.url}/webhooks/bfl/{foreign_signing.webhook_token(uuid.UUID(job_id))}"
-    for url in (forged, foreign, f"{stack.url}/webhooks/bfl/x"):
+    # Signed with this deployment's key, as itsdangerous signs, but naming no job id.
+    keys = [key.encode() for key in reversed(stack.services.settings.secret_keys)]
+    not_an_id = URLSafeSerializer(keys, salt=WEBHOOK_SALT).dumps(12)
+    no_job = f"{stack.url}/webhooks/bfl/{not_an_id}"
+    for url in (forged, foreign, no_job, f"{stack.url}/webhooks/bfl/x"):
         response = await _post(url, ready_body(), {"x-webhook-secret": secret})
         assert response.status_code == 404
     assert await snapshot(stack.services.db) == before
