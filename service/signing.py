@@ -97,7 +97,7 @@ class Signing:
     def job_id_from_webhook_token(self, token: str) -> uuid.UUID | None:
         try:
             return _job_id(self._webhook.loads(token))
-        except (BadData, TypeError):
+        except (BadData, ValueError, TypeError):
             return None
 
     def webhook_secret(self, job_id: uuid.UUID) -> str:
@@ -115,7 +115,7 @@ class Signing:
     def job_id_from_image_token(self, token: str, max_age_s: int) -> uuid.UUID | None:
         try:
             return _job_id(self._image.loads(token, max_age=max_age_s))
-        except (BadData, TypeError):
+        except (BadData, ValueError, TypeError):
             return None
 
 

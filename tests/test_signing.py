@@ -102,3 +102,10 @@ def test_a_signed_token_not_made_from_a_job_id_is_refused(payload):
     signing = Signing(KEYS)
     assert signing.job_id_from_webhook_token(stock_webhook(KEYS).dumps(payload)) is None
     assert signing.job_id_from_image_token(stock_image(KEYS).dumps(payload), 60) is None
+
+
+@given(st.text(max_size=300))
+def test_any_other_string_is_refused_without_an_error(token):
+    signing = Signing(KEYS)
+    assert signing.job_id_from_webhook_token(token) is None
+    assert signing.job_id_from_image_token(token, 60) is None
