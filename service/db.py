@@ -369,6 +369,12 @@ class Database:
             handed_on = _after_commit(transaction)
         await self._after_write(handed_on)
 
+    async def finds_any(self, statement, params: dict) -> bool:
+        """Whether `statement`, a SELECT on `direct`'s terms, finds a row: one statement on
+        the driver (a loop's cheap look before a claim that costs more)."""
+        async with self.write_direct() as transaction:
+            return bool(await direct.fetch(transaction, statement, params))
+
     def _turn(self, urgent: bool):
         """SQLite: this writer's turn (`WriterTurns`); PostgreSQL writers need none."""
         return self._writers.turn(urgent) if self._writers else contextlib.nullcontext()

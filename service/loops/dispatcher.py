@@ -257,7 +257,11 @@ class Dispatcher(Loop):
         if capacity <= 0:
             self._left_waiting = True  # not looked: a finished send looks again
             return []
-        if not await self._any_due():
+        # Most claims are a poll that finds nothing (new deliveries are handed over without
+        # one), and the claim itself, a lock, the room per subscription and the due rows
+        # ranked per subscription, costs ≈ 5 ms of CPU even then: one statement looks first
+        # (bench/README.md, sixteenth pass).
+        if not await self.db.finds_any(ANY_DUE, {"now": self.clock.now()}):
             self._left_waiting = False
             return []
         async with self.db.write() as session:
@@ -279,14 +283,6 @@ class Dispatcher(Loop):
         for send in sends:
             self._started(send)
         return sends
-
-    async def _any_due(self) -> bool:
-        """A claim's first look, one statement: whether any delivery is due at all. Most
-        claims are a loop's poll that finds nothing (new deliveries are handed over without
-        one), and the claim itself, a lock, the room per subscription and the due rows ranked
-        per subscription, cost ≈ 5 ms of CPU even then (bench/README.md, sixteenth pass)."""
-        async with self.db.write_direct() as transaction:
-            return bool(await direct.fetch(transaction, ANY_DUE, {"now": self.clock.now()}))
 
     async def _room(self, session, now: datetime) -> dict[uuid.UUID, int]:
         """Per busy subscription, how many more deliveries may be in flight (others: all)."""
