@@ -44,12 +44,15 @@ BEFORE_COMMIT_ORDER = (STAGED_USAGE, STAGED_EVENTS, ADMISSION_WAKE)
 
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_postgres:
+        from service import libpq  # psycopg: imported only where PostgreSQL is used
+
         engine = create_async_engine(
             settings.database_url,
             # The hot statements are prepared by `libpq`, once per connection; psycopg's own
             # preparation would clear every prepared statement of the connection at a
-            # ROLLBACK (a savepoint's included) with its DEALLOCATE ALL.
-            connect_args={"prepare_threshold": None},
+            # ROLLBACK (a savepoint's included) with its DEALLOCATE ALL. Its connections are
+            # `libpq`'s, which keep what `libpq` needs between statements.
+            connect_args={"prepare_threshold": None, "async_creator_fn": libpq.Connection.connect},
             pool_size=settings.db_pool_size,
             max_overflow=0,
             pool_timeout=30,

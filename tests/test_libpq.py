@@ -169,3 +169,36 @@ async def test_statements_deallocated_under_it_fail_one_transaction_then_prepare
         await answer(deallocate_first=True)
     for _ in range(db.engine.pool.size() + 1):  # that connection among them
         assert await answer(deallocate_first=False) == [{"anon_1": 42}]
+
+
+ECHO = sa.select(
+    sa.bindparam("number", type_=sa.BigInteger),
+    sa.bindparam("text", type_=sa.Text),
+    sa.bindparam("when", type_=sa.DateTime(timezone=True)),
+)
+ECHOED = [
+    {"number": 1, "text": "a", "when": NOW},
+    {"number": 2**40, "text": None, "when": NOW.replace(year=1999)},
+    {"number": None, "text": 'ä "quoted"', "when": None},
+    {"number": -(2**62), "text": "", "when": NOW},
+]
+
+
+async def test_one_connection_adapts_every_statement_alike_with_the_values_it_met_before(db):
+    """A connection keeps one Transformer: values of other sizes, and None, after those it
+    has dumped and loaded before, come back as they went."""
+    async with db.write_direct() as tx:
+        adapting = tx.driver.adapting
+        for values in ECHOED + ECHOED[::-1]:
+            [row] = await direct.fetch(tx, ECHO, values)
+            assert list(row.values()) == [values["number"], values["text"], values["when"]]
+        assert tx.driver.adapting is adapting
+
+
+async def test_a_connection_not_made_by_the_engine_goes_through_psycopgs_cursor(db, postgres_url):
+    connection = await psycopg.AsyncConnection.connect(postgres_url)
+    async with connection:
+        assert not libpq.plain(connection)
+        plan = direct.compiled(ANSWER, db.engine.dialect)
+        rows = await direct._run_psycopg(connection, plan, plan.parameters({"n": 1}), False)
+        assert plan.rows(rows) == [{"anon_1": 42}]
