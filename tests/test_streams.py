@@ -1,5 +1,6 @@
 """Server-Sent Events: live, resumable with Last-Event-ID, tenant-scoped, heartbeats, shutdown."""
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
@@ -152,6 +153,24 @@ async def test_a_stream_that_falls_behind_resyncs_from_the_table_instead_of_grow
         assert await listener.next(0.01) is None, "another tenant's event"
         hub.close()
         assert await listener.next(1) is CLOSED
+
+
+async def test_a_heartbeat_comes_after_its_own_silence_whatever_the_waits_before_it():
+    """Waits that each ended with an event leave an alarm behind, set for the first of them:
+    a later, longer wait does not end when it rings."""
+    hub = Hub(db=SimpleNamespace(is_postgres=True), signals=None, backlog=100)
+    tenant, loop = uuid.uuid4(), asyncio.get_running_loop()
+    with hub.listen(tenant) as listener:
+        async with asyncio.timeout(30):
+            for seq in range(1, 20):
+                waiting = asyncio.ensure_future(listener.next(0.3))
+                await asyncio.sleep(0)  # one loop turn: the wait has begun
+                hub.publish(_event(seq, tenant))
+                assert (await waiting).seq == seq
+            started = loop.time()
+            assert await listener.next(0.6) is None
+            assert loop.time() - started >= 0.6 - 1e-3, "not at the alarm set 0.3 s in"
+            assert await listener.next(0.01) is None
 
 
 async def test_a_job_stream_closes_after_the_live_terminal_event(sqlite_url):
