@@ -176,9 +176,10 @@ async def execute(session: InTransaction, statement: sa.Executable, params: dict
     await _run(driver, plan, plan.parameters(params), many=False)
 
 
-async def pg_xact_lock(session: InTransaction, key: int) -> None:
-    """PostgreSQL's `pg_advisory_xact_lock(key)`, on the driver."""
-    await execute(session, TAKE_LOCK, {"key": key})
+async def pg_xact_lock(session: InTransaction, *keys: int) -> None:
+    """PostgreSQL's `pg_advisory_xact_lock(key)` for each key, in the order given, on the
+    driver: several in one round trip (the server takes them one after the other)."""
+    await execute_many(session, TAKE_LOCK, [{"key": key} for key in keys])
 
 
 async def execute_many(

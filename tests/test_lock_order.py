@@ -85,3 +85,40 @@ async def _waiting(observer: psycopg.AsyncConnection, backends: int) -> bool:
 
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+async def test_transactions_with_events_of_two_tenants_staged_in_opposite_orders_both_commit(
+    postgres_url,
+):
+    """Each transaction takes its tenants' event locks in one round trip, in the tenants'
+    order whatever the order their events came in: a third holds the first tenant's lock
+    until both wait. Taken in staging order, the second would hold the other tenant's lock
+    while the first waited for it, and PostgreSQL would abort one as deadlocked."""
+    db = Database(create_engine(Settings.from_env({"DATABASE_URL": postgres_url})))
+    signals = Signals(postgres=True)
+    try:
+        first, second = sorted([await new_tenant(db, NOW), await new_tenant(db, NOW)])
+
+        async def events_of(*tenants: uuid.UUID) -> None:
+            async with db.write_direct() as transaction:
+                for tenant_id in tenants:
+                    await _progress_event(transaction, signals, tenant_id)
+
+        holder = await psycopg.AsyncConnection.connect(_libpq(postgres_url))
+        observer = await psycopg.AsyncConnection.connect(_libpq(postgres_url), autocommit=True)
+        try:
+            await holder.execute("SELECT pg_advisory_xact_lock(%s)", [tenant_lock_key(first)])
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(events_of, first, second)
+                await wait_for(lambda: _waiting(observer, 1))
+                tasks.start_soon(events_of, second, first)
+                await wait_for(lambda: _waiting(observer, 2))
+                await holder.commit()
+        finally:
+            await holder.close()
+            await observer.close()
+        async with db.read() as session:
+            events = (await session.exec(select(JobEvent.tenant_id))).all()
+        assert sorted(events) == [first, first, second, second]
+    finally:
+        await db.dispose()
