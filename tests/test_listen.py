@@ -68,7 +68,9 @@ async def listening(url: str, key: str, *args: str) -> AsyncIterator[Listen]:
     """`fluxhook listen …` against fluxhook at `url`, once it is connected (its `ready:` line)."""
     env = {**os.environ, "FLUXHOOK_URL": url, "FLUXHOOK_KEY": key}
     command = [sys.executable, "-m", "service", "listen", *args]
-    async with await anyio.open_process(command, env=env) as process:
+    with _ctrl_c_not_ignored():
+        process = await anyio.open_process(command, env=env)
+    async with process:
         try:
             listen = Listen(process)
             await listen.line(lambda line: line.startswith("ready: "))
@@ -76,6 +78,21 @@ async def listening(url: str, key: str, *args: str) -> AsyncIterator[Listen]:
         finally:
             if process.returncode is None:
                 process.kill()
+
+
+@contextlib.contextmanager
+def _ctrl_c_not_ignored():
+    """A test run started in the background (`pytest &` in a script) ignores SIGINT, and so
+    would each process it starts: `listen` would never hear the test's Ctrl-C. A process
+    started while SIGINT has a handler here gets the default (Python's KeyboardInterrupt)."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _seq(callback: Callback) -> int:
