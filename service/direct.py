@@ -176,10 +176,33 @@ async def execute(session: InTransaction, statement: sa.Executable, params: dict
     await _run(driver, plan, plan.parameters(params), many=False)
 
 
-async def pg_xact_lock(session: InTransaction, *keys: int) -> None:
-    """PostgreSQL's `pg_advisory_xact_lock(key)` for each key, in the order given, on the
-    driver: several in one round trip (the server takes them one after the other)."""
-    await execute_many(session, TAKE_LOCK, [{"key": key} for key in keys])
+async def pg_xact_lock(session: InTransaction, key: int) -> None:
+    """PostgreSQL's `pg_advisory_xact_lock(key)`, on the driver."""
+    await execute(session, TAKE_LOCK, {"key": key})
+
+
+async def execute_later(
+    session: InTransaction, statement: sa.Executable, rows: Sequence[dict]
+) -> None:
+    """`execute_many`, for a statement whose outcome nothing reads before the transaction's
+    next statement (an UPDATE, a lock, a NOTIFY): on a PostgreSQL transaction on the driver
+    (`Database.write_direct`) it goes with that statement, in its round trip, or with the
+    COMMIT. The server runs it first, so what follows sees it; its error fails the statement
+    it went with (or the COMMIT), and so the transaction, as it would have (the error's
+    message names that statement's SQL). Elsewhere (SQLite, a session's transaction,
+    psycopg's cursor) it runs now."""
+    if not rows:
+        return
+    if not (isinstance(session, Transaction) and session.dialect.name == "postgresql"):
+        await execute_many(session, statement, rows)
+        return
+    pq = _libpq()
+    if not pq.plain(session.driver):
+        await execute_many(session, statement, rows)
+        return
+    plan = compiled(statement, session.dialect)
+    for row in rows:
+        pq.defer(session.driver, plan.sql_bytes, plan.parameters(row))
 
 
 async def execute_many(

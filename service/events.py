@@ -135,9 +135,10 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
     if postgres:
         # Held to commit, and taken before sequence numbers are drawn: a tenant's events then
         # commit in sequence order, which lets an SSE client resume from one Last-Event-ID.
-        # In one order everywhere (no deadlocks), in one round trip.
+        # In one order everywhere (no deadlocks), in the INSERT's round trip.
         tenants = sorted({event.tenant_id for event in events})
-        await direct.pg_xact_lock(session, *(tenant_lock_key(tenant) for tenant in tenants))
+        keys = [{"key": tenant_lock_key(tenant)} for tenant in tenants]
+        await direct.execute_later(session, direct.TAKE_LOCK, keys)
     await _insert_events(session, events)
     if not postgres:  # to this process's streams, on commit: first, their chunk is the cheaper
         for event in events:
@@ -146,7 +147,8 @@ async def _settle(session: AsyncSession, signals: Signals, now: datetime) -> Non
         await signals.after_commit(session, "dispatcher")  # some wait for a dispatcher's claim
     if postgres:
         payloads = json.dumps([notify_payload(event) for event in events])
-        await direct.execute(session, NOTIFY_ALL, {"channel": EVENTS_CHANNEL, "payloads": payloads})
+        notify = {"channel": EVENTS_CHANNEL, "payloads": payloads}
+        await direct.execute_later(session, NOTIFY_ALL, [notify])  # with the COMMIT
 
 
 @dataclass
@@ -261,7 +263,7 @@ async def _add_deliveries(
          "created_at": now, "lease_expires_at": lease}
         for (event, subscription), lease in zip(owed, leases, strict=True)
     ]  # fmt: skip
-    await direct.execute_many(session, INSERT_DELIVERIES, rows)
+    await direct.execute_later(session, INSERT_DELIVERIES, rows)
     leased = zip(rows, owed, strict=True)
     handed = [(row, s, e) for row, (e, s) in leased if row["lease_expires_at"] is not None]
     if handed:

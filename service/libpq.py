@@ -13,7 +13,8 @@ Each statement is prepared on its connection at its first use, under a name of i
 parses and plans it once. psycopg's own preparation is off on fluxhook's engine: at a
 ROLLBACK it deallocates every statement of the connection, these too. Statements sent
 together (the rows of an executemany; a transaction's BEGIN and its first statement; a
-statement's preparation and its first run) go in libpq's pipeline mode: one round trip.
+statement's preparation and its first run; what was deferred, with the next statement or
+the COMMIT) go in libpq's pipeline mode: one round trip.
 
 A connection keeps one psycopg `Transformer` for all its statements, with the dumpers and
 loaders it has looked up: a new one for each statement, as psycopg's cursor makes for each new
@@ -65,6 +66,7 @@ class Connection(AsyncConnection):
         super().__init__(*args, **kwargs)
         self.prepared = Prepared()
         self._adapting: Transformer | None = None
+        self.deferred: list[tuple[bytes, tuple]] = []  # `defer`'s, not sent yet
 
     @property
     def adapting(self) -> Transformer:
@@ -102,16 +104,27 @@ def plain(connection: AsyncConnection) -> bool:
     )
 
 
+def defer(connection: Connection, sql: bytes, params: tuple) -> None:
+    """`sql` with `params`, sent ahead of the transaction's next statement, in its round trip,
+    or with its COMMIT; the server runs it in that order. Its error fails the statement it
+    went with (or the COMMIT), and so the transaction. A ROLLBACK must `forget_deferred`."""
+    connection.deferred.append((sql, params))
+
+
+def forget_deferred(connection: AsyncConnection) -> None:
+    if isinstance(connection, Connection):
+        connection.deferred.clear()
+
+
 async def run(connection: Connection, sql: bytes, params: tuple) -> tuple[list, list] | None:
     """Run `sql` (`$1`… placeholders) with `params`: its rows (tuples) and their columns' type
     oids if it returns rows, else None. Opens the transaction first if none is open."""
     async with connection.lock:
-        opening = _opening(connection)
         transformer = connection.adapting
+        before = _before(connection, transformer)
         statement = _statement(connection, transformer, sql, params)
-        if opening or statement.prepare:
-            begin = [_command(b"BEGIN")] if opening else []
-            result = (await _pipelined(connection, [*begin, statement]))[-1]
+        if before or statement.prepare:
+            result = (await _pipelined(connection, [*before, statement]))[-1]
         else:
             result = await _round_trip(connection, statement)
     if result.status != ROWS:
@@ -124,19 +137,30 @@ async def run(connection: Connection, sql: bytes, params: tuple) -> tuple[list, 
 async def run_many(connection: Connection, sql: bytes, rows: Sequence[tuple]) -> None:
     """`sql` once per parameter row, in one round trip (after BEGIN, if none is open)."""
     async with connection.lock:
-        opening = _opening(connection)
         transformer = connection.adapting
+        before = _before(connection, transformer)
         statements = [_statement(connection, transformer, sql, params) for params in rows]
-        if opening:
-            statements.insert(0, _command(b"BEGIN"))
-        await _pipelined(connection, statements)
+        await _pipelined(connection, [*before, *statements])
 
 
 async def commit(connection: Connection) -> None:
-    """COMMIT the open transaction (none open: nothing to do, as psycopg's `commit`)."""
+    """COMMIT the open transaction, with what was deferred (none open and nothing deferred:
+    nothing to do, as psycopg's `commit`)."""
     async with connection.lock:
-        if connection.pgconn.transaction_status != IDLE:
+        before = _before(connection, connection.adapting) if connection.deferred else []
+        if before:
+            await _pipelined(connection, [*before, _command(b"COMMIT")])
+        elif connection.pgconn.transaction_status != IDLE:
             await _round_trip(connection, _command(b"COMMIT"))
+
+
+def _before(connection: Connection, transformer) -> list[Statement]:
+    """What goes ahead of the next statement: BEGIN if no transaction is open, then what was
+    deferred, in order (built in the order sent: a statement's first use prepares it)."""
+    before = [_command(b"BEGIN")] if _opening(connection) else []
+    deferred, connection.deferred = connection.deferred, []
+    before += [_statement(connection, transformer, sql, params) for sql, params in deferred]
+    return before
 
 
 async def command(connection: AsyncConnection, sql: bytes) -> None:

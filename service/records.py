@@ -99,7 +99,7 @@ async def write_changes(session: AsyncSession, records) -> None:
             shape = tuple(sorted(changes))
             by_shape[shape].append({"job": record.id} | {f"v_{k}": v for k, v in changes.items()})
     for shape, params in by_shape.items():
-        await direct.execute_many(session, _update_of(shape), params)
+        await direct.execute_later(session, _update_of(shape), params)
 
 
 @functools.lru_cache(maxsize=256)

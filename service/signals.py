@@ -74,7 +74,8 @@ class Signals:
         for name in names:
             on_commit(session, lambda name=name: self.wake(name))
             if self._postgres and not self._takes_here(name):
-                await direct.execute(session, WAKE_ALL, {"name": f"{name}@{self.origin}"})
+                wake = {"name": f"{name}@{self.origin}"}
+                await direct.execute_later(session, WAKE_ALL, [wake])
 
     def _takes_here(self, name: str) -> bool:
         can_take = self.taken_here.get(name)

@@ -52,7 +52,7 @@ async def _write(session) -> None:
         if count or cost  # a Ready that failed in the same transaction nets to nothing
     ]
     if rows:
-        await direct.execute_many(session, _upsert(direct.dialect_of(session).name), rows)
+        await direct.execute_later(session, _upsert(direct.dialect_of(session).name), rows)
 
 
 @functools.cache

@@ -202,3 +202,72 @@ async def test_a_connection_not_made_by_the_engine_goes_through_psycopgs_cursor(
         plan = direct.compiled(ANSWER, db.engine.dialect)
         rows = await direct._run_psycopg(connection, plan, plan.parameters({"n": 1}), False)
         assert plan.rows(rows) == [{"anon_1": 42}]
+
+
+async def _stored_ids(db) -> set[uuid.UUID]:
+    async with db.read() as session:
+        return {job.id for job in (await session.exec(sa.select(Job))).scalars()}
+
+
+async def test_a_deferred_statement_runs_first_in_the_next_statements_round_trip(db):
+    tenant_id = await new_tenant(db, NOW)
+    row = _new_job(tenant_id)
+    count = sa.select(sa.func.count()).select_from(JOBS)
+    async with db.write_direct() as tx:
+        await direct.execute_later(tx, INSERT_JOB, [row])
+        assert tx.driver.deferred and await _stored_ids(db) == set(), "not sent yet"
+        assert await direct.fetch(tx, count, {}) == [{"count_1": 1}], "run before the count"
+        assert not tx.driver.deferred
+    assert await _stored_ids(db) == {row["id"]}
+
+
+async def test_deferred_statements_alone_go_with_the_commit(db):
+    tenant_id = await new_tenant(db, NOW)
+    rows = [_new_job(tenant_id), _new_job(tenant_id)]
+    async with db.write_direct() as tx:
+        await direct.execute_later(tx, INSERT_JOB, rows)
+    assert await _stored_ids(db) == {row["id"] for row in rows}
+
+
+@pytest.mark.parametrize("then", ["statement", "commit"])
+async def test_a_deferred_statements_error_fails_its_transaction(db, then):
+    """Its error comes with the statement it went with, or with the COMMIT: nothing of the
+    transaction is kept, and the connection serves the next one without it."""
+    tenant_id = await new_tenant(db, NOW)
+    first = _new_job(tenant_id)
+    async with db.write_direct() as tx:
+        await direct.execute(tx, INSERT_JOB, first)
+    kept, clash = _new_job(tenant_id), first | {"status": "Pending"}
+
+    async def insert_then_clash() -> None:
+        async with db.write_direct() as tx:
+            await direct.execute(tx, INSERT_JOB, kept)
+            await direct.execute_later(tx, INSERT_JOB, [clash])
+            if then == "statement":
+                await direct.fetch(tx, ANSWER, {"n": 1})
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await insert_then_clash()
+    assert await _stored_ids(db) == {first["id"]}
+    for _ in range(db.engine.pool.size() + 1):  # every pooled connection, that one among them
+        async with db.write_direct() as tx:
+            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+    assert await _stored_ids(db) == {first["id"]}
+
+
+async def test_a_rolled_back_transactions_deferred_statements_are_forgotten(db):
+    tenant_id = await new_tenant(db, NOW)
+    forgotten = _new_job(tenant_id)
+
+    async def defer_then_fail() -> None:
+        async with db.write_direct() as tx:
+            await direct.execute_later(tx, INSERT_JOB, [forgotten])
+            raise RuntimeError("the caller gives up")
+
+    with pytest.raises(RuntimeError):
+        await defer_then_fail()
+    for _ in range(db.engine.pool.size() + 1):
+        async with db.write_direct() as tx:
+            assert not tx.driver.deferred
+            await direct.fetch(tx, ANSWER, {"n": 1})
+    assert await _stored_ids(db) == set()

@@ -156,10 +156,11 @@ async def _create(svc, session, sub: Submission, now) -> dict:
     if refusal is not None:
         return refusal
     job = _new_job(sub.tenant_id, sub.spec, sub.inputs, sub.price, now)
-    await direct.execute(session, INSERT_JOB, direct.row_of(job, JOBS))
+    await direct.execute_later(session, INSERT_JOB, [direct.row_of(job, JOBS)])
     if sub.callback[0]:
         callback = _job_callback(job, *sub.callback, now)
-        await direct.execute(session, INSERT_CALLBACK, direct.row_of(callback, SUBSCRIPTIONS))
+        row = direct.row_of(callback, SUBSCRIPTIONS)
+        await direct.execute_later(session, INSERT_CALLBACK, [row])
     response = submit_response(job, svc.urls)
     if sub.key is not None:
         key = new_row(
@@ -171,7 +172,7 @@ async def _create(svc, session, sub: Submission, now) -> dict:
             response=response,
             created_at=now,
         )
-        await direct.execute(session, INSERT_KEY, direct.row_of(key, KEYS))
+        await direct.execute_later(session, INSERT_KEY, [direct.row_of(key, KEYS)])
     return response
 
 

@@ -393,12 +393,12 @@ class Dispatcher(Loop):
         rows = [
             {"delivery": o.delivery_id, "now": now, "code": o.attempt.status_code} for o in outcomes
         ]
-        await direct.execute_many(session, MARK_DELIVERED, rows)
+        await direct.execute_later(session, MARK_DELIVERED, rows)
         answered = sorted({o.subscription_id for o in outcomes})
         for start in range(0, len(answered), ANSWERED_CHUNK):
             chunk = answered[start : start + ANSWERED_CHUNK]
             params = {f"subscription_{i}": sub for i, sub in enumerate(chunk)}
-            await direct.execute(session, _subscribers_answered(len(chunk)), params)
+            await direct.execute_later(session, _subscribers_answered(len(chunk)), [params])
         for outcome in outcomes:
             self.metrics.delivery_latency.observe((now - outcome.event_at).total_seconds())
         return [None] * len(outcomes)

@@ -255,7 +255,7 @@ class ImageFetcher(Loop):
         BFL's webhook committed; the link served the bytes while they arrived)."""
         if job is None or job.status != jobs.READY or job.image_stored:
             return False  # another process stored it first
-        await direct.execute(session, INSERT_IMAGE, direct.row_of(image, IMAGES))
+        await direct.execute_later(session, INSERT_IMAGE, [direct.row_of(image, IMAGES)])
         job.image_stored, job.updated_at = True, now
         job.lease_expires_at = None
         return True
