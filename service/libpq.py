@@ -121,12 +121,11 @@ async def run(connection: Connection, sql: bytes, params: tuple) -> tuple[list, 
     oids if it returns rows, else None. Opens the transaction first if none is open."""
     async with connection.lock:
         transformer = connection.adapting
-        before = _before(connection, transformer)
-        statement = _statement(connection, transformer, sql, params)
-        if before or statement.prepare:
-            result = (await _pipelined(connection, [*before, statement]))[-1]
+        statements = _to_send(connection, transformer, [(sql, params)])
+        if len(statements) > 1 or statements[-1].prepare:
+            result = (await _pipelined(connection, statements))[-1]
         else:
-            result = await _round_trip(connection, statement)
+            result = await _round_trip(connection, statements[-1])
     if result.status != ROWS:
         return None
     transformer.set_pgresult(result)
@@ -137,30 +136,37 @@ async def run(connection: Connection, sql: bytes, params: tuple) -> tuple[list, 
 async def run_many(connection: Connection, sql: bytes, rows: Sequence[tuple]) -> None:
     """`sql` once per parameter row, in one round trip (after BEGIN, if none is open)."""
     async with connection.lock:
-        transformer = connection.adapting
-        before = _before(connection, transformer)
-        statements = [_statement(connection, transformer, sql, params) for params in rows]
-        await _pipelined(connection, [*before, *statements])
+        pending = [(sql, params) for params in rows]
+        await _pipelined(connection, _to_send(connection, connection.adapting, pending))
 
 
 async def commit(connection: Connection) -> None:
     """COMMIT the open transaction, with what was deferred (none open and nothing deferred:
     nothing to do, as psycopg's `commit`)."""
     async with connection.lock:
-        before = _before(connection, connection.adapting) if connection.deferred else []
-        if before:
-            await _pipelined(connection, [*before, _command(b"COMMIT")])
+        if connection.deferred:
+            statements = _to_send(connection, connection.adapting, [])
+            await _pipelined(connection, [*statements, _command(b"COMMIT")])
         elif connection.pgconn.transaction_status != IDLE:
             await _round_trip(connection, _command(b"COMMIT"))
 
 
-def _before(connection: Connection, transformer) -> list[Statement]:
-    """What goes ahead of the next statement: BEGIN if no transaction is open, then what was
-    deferred, in order (built in the order sent: a statement's first use prepares it)."""
-    before = [_command(b"BEGIN")] if _opening(connection) else []
-    deferred, connection.deferred = connection.deferred, []
-    before += [_statement(connection, transformer, sql, params) for sql, params in deferred]
-    return before
+def _to_send(connection: Connection, transformer, pending: list[tuple]) -> list[Statement]:
+    """BEGIN if no transaction is open, what was deferred, then `pending`, built in the order
+    they go (a statement's first use prepares it). What was deferred is taken only once every
+    statement is built: one whose parameters cannot be dumped raises here, and leaves the
+    transaction as it was (a caller that goes on meets the same error at its COMMIT)."""
+    statements = [_command(b"BEGIN")] if _opening(connection) else []
+    try:
+        for sql, params in [*connection.deferred, *pending]:
+            statements.append(_statement(connection, transformer, sql, params))
+    except BaseException:
+        for statement in statements:  # named, never sent
+            if statement.prepare is not None:
+                connection.prepared.names.pop(statement.key, None)
+        raise
+    connection.deferred.clear()
+    return statements
 
 
 async def command(connection: AsyncConnection, sql: bytes) -> None:

@@ -271,3 +271,27 @@ async def test_a_rolled_back_transactions_deferred_statements_are_forgotten(db):
             assert not tx.driver.deferred
             await direct.fetch(tx, ANSWER, {"n": 1})
     assert await _stored_ids(db) == set()
+
+
+UNSENDABLE = sa.text("SELECT CAST(:value AS text)")  # an object psycopg cannot adapt, sent
+
+
+async def test_a_deferred_statement_that_cannot_be_sent_fails_its_transaction_not_the_rest(db):
+    """Its parameters are dumped when it goes, with the next statement: that statement
+    raises, and a caller that goes on meets the error again at the COMMIT; nothing that was
+    deferred with it is dropped and committed without it."""
+    row = _new_job(await new_tenant(db, NOW))
+
+    async def defer_then_go_on() -> None:
+        async with db.write_direct() as tx:
+            await direct.execute_later(tx, INSERT_JOB, [row])
+            await direct.execute_later(tx, UNSENDABLE, [{"value": object()}])
+            with pytest.raises(sa.exc.ProgrammingError):
+                await direct.fetch(tx, ANSWER, {"n": 1})
+
+    with pytest.raises(sa.exc.ProgrammingError):
+        await defer_then_go_on()
+    assert await _stored_ids(db) == set()
+    for _ in range(db.engine.pool.size() + 1):
+        async with db.write_direct() as tx:
+            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
