@@ -306,9 +306,6 @@ class PostgresWriter:
 
     @staticmethod
     async def _roll_back(pooled) -> None:
-        from service import libpq
-
-        libpq.forget_deferred(pooled.driver_connection)
         try:
             await pooled.driver_connection.rollback()
         except Exception as exc:

@@ -191,18 +191,17 @@ async def execute_later(
     it went with (or the COMMIT), and so the transaction, as it would have (the error's
     message names that statement's SQL). Elsewhere (SQLite, a session's transaction,
     psycopg's cursor) it runs now."""
-    if not rows:
-        return
-    if not (isinstance(session, Transaction) and session.dialect.name == "postgresql"):
-        await execute_many(session, statement, rows)
-        return
-    pq = _libpq()
-    if not pq.plain(session.driver):
+    defers = (
+        isinstance(session, Transaction)
+        and session.dialect.name == "postgresql"
+        and _libpq().plain(session.driver)
+    )
+    if not defers:
         await execute_many(session, statement, rows)
         return
     plan = compiled(statement, session.dialect)
     for row in rows:
-        pq.defer(session.driver, plan.sql_bytes, plan.parameters(row))
+        _libpq().defer(session.driver, plan.sql_bytes, plan.parameters(row))
 
 
 async def execute_many(

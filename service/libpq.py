@@ -68,6 +68,12 @@ class Connection(AsyncConnection):
         self._adapting: Transformer | None = None
         self.deferred: list[tuple[bytes, tuple]] = []  # `defer`'s, not sent yet
 
+    async def rollback(self) -> None:
+        """psycopg's ROLLBACK; what was deferred goes with the transaction (whoever rolls
+        back: a failed `write_direct`, or the pool's reset at check-in)."""
+        self.deferred.clear()
+        await super().rollback()
+
     @property
     def adapting(self) -> Transformer:
         if self._adapting is None:  # at first use: after the adapters set up at connect
@@ -107,13 +113,8 @@ def plain(connection: AsyncConnection) -> bool:
 def defer(connection: Connection, sql: bytes, params: tuple) -> None:
     """`sql` with `params`, sent ahead of the transaction's next statement, in its round trip,
     or with its COMMIT; the server runs it in that order. Its error fails the statement it
-    went with (or the COMMIT), and so the transaction. A ROLLBACK must `forget_deferred`."""
+    went with (or the COMMIT), and so the transaction; a rollback forgets it."""
     connection.deferred.append((sql, params))
-
-
-def forget_deferred(connection: AsyncConnection) -> None:
-    if isinstance(connection, Connection):
-        connection.deferred.clear()
 
 
 async def run(connection: Connection, sql: bytes, params: tuple) -> tuple[list, list] | None:

@@ -204,6 +204,15 @@ async def test_a_connection_not_made_by_the_engine_goes_through_psycopgs_cursor(
         assert plan.rows(rows) == [{"anon_1": 42}]
 
 
+async def _every_pooled_connection_answers(db) -> None:
+    """A transaction on every pooled connection, and one more: each with nothing deferred
+    from before, and answering."""
+    for _ in range(db.engine.pool.size() + 1):
+        async with db.write_direct() as tx:
+            assert not tx.driver.deferred
+            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+
+
 async def _stored_ids(db) -> set[uuid.UUID]:
     async with db.read() as session:
         return {job.id for job in (await session.exec(sa.select(Job))).scalars()}
@@ -249,9 +258,7 @@ async def test_a_deferred_statements_error_fails_its_transaction(db, then):
     with pytest.raises(sa.exc.IntegrityError):
         await insert_then_clash()
     assert await _stored_ids(db) == {first["id"]}
-    for _ in range(db.engine.pool.size() + 1):  # every pooled connection, that one among them
-        async with db.write_direct() as tx:
-            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+    await _every_pooled_connection_answers(db)
     assert await _stored_ids(db) == {first["id"]}
 
 
@@ -266,10 +273,7 @@ async def test_a_rolled_back_transactions_deferred_statements_are_forgotten(db):
 
     with pytest.raises(RuntimeError):
         await defer_then_fail()
-    for _ in range(db.engine.pool.size() + 1):
-        async with db.write_direct() as tx:
-            assert not tx.driver.deferred
-            await direct.fetch(tx, ANSWER, {"n": 1})
+    await _every_pooled_connection_answers(db)
     assert await _stored_ids(db) == set()
 
 
@@ -292,6 +296,4 @@ async def test_a_deferred_statement_that_cannot_be_sent_fails_its_transaction_no
     with pytest.raises(sa.exc.ProgrammingError):
         await defer_then_go_on()
     assert await _stored_ids(db) == set()
-    for _ in range(db.engine.pool.size() + 1):
-        async with db.write_direct() as tx:
-            assert await direct.fetch(tx, ANSWER, {"n": 1}) == [{"anon_1": 42}]
+    await _every_pooled_connection_answers(db)

@@ -5,6 +5,7 @@ adds to, then its tenants' event locks. They run in one fixed order, whatever or
 transaction staged them in (a group commit stages them as its jobs' events come).
 """
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -52,19 +53,7 @@ async def test_transactions_that_staged_events_and_usage_in_opposite_orders_both
                 count_final(transaction, finished, jobs.EVENT_READY, NOW)
                 await _progress_event(transaction, signals, tenant_id)
 
-        holder = await psycopg.AsyncConnection.connect(_libpq(postgres_url))
-        observer = await psycopg.AsyncConnection.connect(_libpq(postgres_url), autocommit=True)
-        try:
-            await holder.execute("SELECT pg_advisory_xact_lock(%s)", [tenant_lock_key(tenant_id)])
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(event_then_usage)
-                await wait_for(lambda: _waiting(observer, 1))
-                tasks.start_soon(usage_then_event)
-                await wait_for(lambda: _waiting(observer, 2))
-                await holder.commit()  # the event lock goes to the first in line
-        finally:
-            await holder.close()
-            await observer.close()
+        await _both_wait_then_run(postgres_url, tenant_id, event_then_usage, usage_then_event)
         async with db.read() as session:
             events = await session.scalar(select(func.count()).select_from(JobEvent))
             counted = await session.scalar(select(UsageDay.jobs))
@@ -76,6 +65,24 @@ async def test_transactions_that_staged_events_and_usage_in_opposite_orders_both
 async def _progress_event(transaction, signals: Signals, tenant_id: uuid.UUID) -> None:
     await record_event(transaction, signals, tenant_id=tenant_id, job_id=None,
                        type="job.progress", data={}, now=NOW)  # fmt: skip
+
+
+async def _both_wait_then_run(postgres_url: str, tenant_id: uuid.UUID, first, second) -> None:
+    """A third connection holds `tenant_id`'s event lock until `first`, then `second`, wait
+    (on it or on each other); then lets them run."""
+    holder = await psycopg.AsyncConnection.connect(_libpq(postgres_url))
+    observer = await psycopg.AsyncConnection.connect(_libpq(postgres_url), autocommit=True)
+    try:
+        await holder.execute("SELECT pg_advisory_xact_lock(%s)", [tenant_lock_key(tenant_id)])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            await wait_for(lambda: _waiting(observer, 1))
+            tasks.start_soon(second)
+            await wait_for(lambda: _waiting(observer, 2))
+            await holder.commit()  # the event lock goes to the first in line
+    finally:
+        await holder.close()
+        await observer.close()
 
 
 async def _waiting(observer: psycopg.AsyncConnection, backends: int) -> bool:
@@ -104,19 +111,12 @@ async def test_transactions_with_events_of_two_tenants_staged_in_opposite_orders
                 for tenant_id in tenants:
                     await _progress_event(transaction, signals, tenant_id)
 
-        holder = await psycopg.AsyncConnection.connect(_libpq(postgres_url))
-        observer = await psycopg.AsyncConnection.connect(_libpq(postgres_url), autocommit=True)
-        try:
-            await holder.execute("SELECT pg_advisory_xact_lock(%s)", [tenant_lock_key(first)])
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(events_of, first, second)
-                await wait_for(lambda: _waiting(observer, 1))
-                tasks.start_soon(events_of, second, first)
-                await wait_for(lambda: _waiting(observer, 2))
-                await holder.commit()
-        finally:
-            await holder.close()
-            await observer.close()
+        await _both_wait_then_run(
+            postgres_url,
+            first,
+            functools.partial(events_of, first, second),
+            functools.partial(events_of, second, first),
+        )
         async with db.read() as session:
             events = (await session.exec(select(JobEvent.tenant_id))).all()
         assert sorted(events) == [first, first, second, second]

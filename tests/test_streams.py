@@ -164,7 +164,7 @@ async def test_a_heartbeat_comes_after_its_own_silence_whatever_the_waits_before
         async with asyncio.timeout(30):
             for seq in range(1, 20):
                 waiting = asyncio.ensure_future(listener.next(0.3))
-                await asyncio.sleep(0)  # one loop turn: the wait has begun
+                await anyio.wait_all_tasks_blocked()  # the wait has begun
                 hub.publish(_event(seq, tenant))
                 assert (await waiting).seq == seq
             started = loop.time()
